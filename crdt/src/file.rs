@@ -1,0 +1,211 @@
+//! A text file's document: one Automerge Text at the root key `text`.
+//!
+//! The Text object is created once, by the peer that first saw the file
+//! ([`FileDoc::create`]). Every other replica starts from an empty document and receives
+//! that object by sync: two replicas that each created their own Text would each hold a
+//! different object under the same key, and one side's text would be hidden.
+
+use std::time::Instant;
+
+use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, transaction::Transactable};
+
+use crate::ModelError;
+use crate::text::diff_splices;
+
+const TEXT_KEY: &str = "text";
+
+/// A text file's document.
+#[derive(Debug)]
+pub struct FileDoc {
+    doc: AutoCommit,
+}
+
+impl FileDoc {
+    /// A new file document holding `content`, written by `actor`.
+    pub fn create(actor: ActorId, content: &str) -> Result<Self, ModelError> {
+        let mut doc = AutoCommit::new().with_actor(actor);
+        let text = doc.put_object(ROOT, TEXT_KEY, ObjType::Text)?;
+        if !content.is_empty() {
+            doc.splice_text(&text, 0, 0, content)?;
+        }
+        doc.commit();
+        Ok(FileDoc { doc })
+    }
+
+    /// Wraps an existing document (loaded from storage, or empty and waiting for sync).
+    pub fn from_doc(doc: AutoCommit) -> Self {
+        FileDoc { doc }
+    }
+
+    /// The underlying Automerge document, for sync and storage.
+    pub fn doc_mut(&mut self) -> &mut AutoCommit {
+        &mut self.doc
+    }
+
+    fn text_obj(&self) -> Option<ObjId> {
+        match self.doc.get(ROOT, TEXT_KEY) {
+            Ok(Some((automerge::Value::Object(ObjType::Text), id))) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Whether the Text object has arrived (a replica that only heard of the file has
+    /// an empty document until the creator's first change reaches it).
+    pub fn is_ready(&self) -> bool {
+        self.text_obj().is_some()
+    }
+
+    /// The file's content, or `None` while the document is not ready.
+    pub fn text(&self) -> Option<String> {
+        let obj = self.text_obj()?;
+        self.doc.text(&obj).ok()
+    }
+
+    /// Makes the document hold `content` by the smallest splices found before
+    /// `deadline`, committed as one change. Returns whether anything changed.
+    pub fn ingest(&mut self, content: &str, deadline: Instant) -> Result<bool, ModelError> {
+        let obj = self.text_obj().ok_or(ModelError::Missing("text"))?;
+        let old = self.doc.text(&obj)?;
+        let splices = diff_splices(&old, content, deadline);
+        if splices.is_empty() {
+            return Ok(false);
+        }
+        for s in splices.iter().rev() {
+            self.doc
+                .splice_text(&obj, s.pos, s.delete as isize, &s.insert)?;
+        }
+        self.doc.commit();
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn actor(n: u8) -> ActorId {
+        ActorId::from([n; 16])
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    /// Random concurrent edit sequences on 2..=5 replicas, merged in random orders, end
+    /// with the same text everywhere, and every marker inserted and not deleted by a later
+    /// edit of the same replica is still there.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Replica inserts a unique marker at a fraction of its text length.
+        Insert { replica: usize, at: f64 },
+        /// Replica deletes a range that contains no marker it must keep (plain filler).
+        DeleteFiller { replica: usize, at: f64 },
+        /// Replica `from` merges into `to`.
+        Merge { from: usize, to: usize },
+    }
+
+    fn op(replicas: usize) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..replicas, 0.0..1.0f64).prop_map(|(replica, at)| Op::Insert { replica, at }),
+            1 => (0..replicas, 0.0..1.0f64).prop_map(|(replica, at)| Op::DeleteFiller { replica, at }),
+            3 => (0..replicas, 0..replicas).prop_map(|(from, to)| Op::Merge { from, to }),
+        ]
+    }
+
+    fn scenario() -> impl Strategy<Value = (usize, Vec<Op>, Vec<usize>)> {
+        (2usize..=5).prop_flat_map(|n| {
+            (
+                Just(n),
+                proptest::collection::vec(op(n), 1..60),
+                Just((0..n).collect::<Vec<_>>()).prop_shuffle(),
+            )
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        #[test]
+        fn concurrent_edits_converge_and_keep_markers((n, ops, merge_order) in scenario()) {
+            let mut origin = FileDoc::create(actor(100), "filler one\nfiller two\n").unwrap();
+            let saved = origin.doc_mut().save();
+            let mut replicas: Vec<FileDoc> = (0..n)
+                .map(|i| FileDoc::from_doc(AutoCommit::load(&saved).unwrap().with_actor(actor(i as u8))))
+                .collect();
+            let mut markers = Vec::new();
+            for (k, op) in ops.iter().enumerate() {
+                match *op {
+                    Op::Insert { replica, at } => {
+                        let text = replicas[replica].text().unwrap();
+                        let chars: Vec<char> = text.chars().collect();
+                        // Only between markers, never inside one.
+                        let mut gaps = filler_positions(&text);
+                        gaps.push(chars.len());
+                        let pos = gaps[(at * gaps.len() as f64) as usize % gaps.len()];
+                        let marker = format!("<m{k}>");
+                        let new: String = chars[..pos].iter().chain(marker.chars().collect::<Vec<_>>().iter()).chain(chars[pos..].iter()).collect();
+                        replicas[replica].ingest(&new, later()).unwrap();
+                        markers.push(marker);
+                    }
+                    Op::DeleteFiller { replica, at } => {
+                        // Delete one filler character (never inside a marker).
+                        let text = replicas[replica].text().unwrap();
+                        let filler: Vec<usize> = filler_positions(&text);
+                        if filler.is_empty() { continue; }
+                        let victim = filler[(at * filler.len() as f64) as usize % filler.len()];
+                        let mut chars: Vec<char> = text.chars().collect();
+                        chars.remove(victim);
+                        replicas[replica].ingest(&chars.into_iter().collect::<String>(), later()).unwrap();
+                    }
+                    Op::Merge { from, to } if from != to => {
+                        let mut src = replicas[from].doc_mut().fork();
+                        replicas[to].doc_mut().merge(&mut src).unwrap();
+                    }
+                    Op::Merge { .. } => {}
+                }
+            }
+            // Merge everything in the shuffled order, twice around, so all see all.
+            for _ in 0..2 {
+                for w in merge_order.windows(2) {
+                    let mut src = replicas[w[0]].doc_mut().fork();
+                    replicas[w[1]].doc_mut().merge(&mut src).unwrap();
+                }
+                let (last, first) = (*merge_order.last().unwrap(), merge_order[0]);
+                let mut src = replicas[last].doc_mut().fork();
+                replicas[first].doc_mut().merge(&mut src).unwrap();
+            }
+            let texts: Vec<String> = replicas.iter().map(|r| r.text().unwrap()).collect();
+            for t in &texts {
+                prop_assert_eq!(t, &texts[0]);
+            }
+            for m in &markers {
+                prop_assert!(texts[0].contains(m.as_str()), "marker {} lost: {:?}", m, texts[0]);
+            }
+        }
+    }
+
+    /// Positions of characters outside `<m..>` markers.
+    fn filler_positions(text: &str) -> Vec<usize> {
+        let mut inside = false;
+        let mut out = Vec::new();
+        for (i, c) in text.chars().enumerate() {
+            match c {
+                '<' => inside = true,
+                '>' => inside = false,
+                _ if !inside => out.push(i),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn empty_doc_is_not_ready_until_synced() {
+        let mut a = FileDoc::create(actor(1), "hi").unwrap();
+        let mut b = FileDoc::from_doc(AutoCommit::new().with_actor(actor(2)));
+        assert!(!b.is_ready());
+        b.doc_mut().load_incremental(&a.doc_mut().save()).unwrap();
+        assert_eq!(b.text().as_deref(), Some("hi"));
+    }
+}
