@@ -28,7 +28,9 @@ const MEMBERS: &str = "members";
 const ACTORS: &str = "actors";
 
 /// File or directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum EntryKind {
     /// A directory: it has children, no document.
     Dir,

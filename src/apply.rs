@@ -1,0 +1,361 @@
+//! Local side, outbound: making the folder on disk match the rendered tree.
+//!
+//! This module owns every write teatime makes inside the folder. Writing a file's new
+//! content goes:
+//!
+//! 1. check that the target still holds what teatime last recorded (same [`Stat`]); if
+//!    not, the user edited it meanwhile: stop, and let the caller ingest that edit first
+//!    (it is merged, then the merged text is written);
+//! 2. write the content to a fresh temp file (reserved prefix, `O_EXCL`) in the same
+//!    directory, copying the old file's permissions;
+//! 3. fsync the temp file;
+//! 4. rename it over the target (atomic: readers see the old or the new file, never a mix);
+//! 5. fsync the directory;
+//! 6. record the new [`Stat`] and hash in the index, so the watcher's event for our own
+//!    write is recognised as "nothing changed" (no echo).
+//!
+//! Nothing is ever deleted or overwritten unless the index says teatime put it there and
+//! it is unchanged since; untracked files at a target path are left alone and reported, so
+//! the caller ingests them (and the tree gives one of the two a conflict name).
+//! Paths come from [`Tree`], whose names are validated; every parent is checked to be a
+//! real directory (not a symlink) before anything is written inside it.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use teatime_crdt::path::TEMP_PREFIX;
+use teatime_crdt::{DocId, EntryKind, Tree};
+
+use crate::scan::{disk_entry, is_within, move_in_index, parent_of, stat_of};
+use crate::store::{Index, IndexEntry, Stat};
+
+/// What a materialisation did and could not do.
+#[derive(Debug, Default)]
+pub struct Materialized {
+    /// Index paths written or removed (persist their current value).
+    pub touched: BTreeSet<String>,
+    /// Paths where the disk holds something teatime has not recorded: ingest them, then
+    /// materialise again.
+    pub local_first: BTreeSet<String>,
+    /// Failures, by path (the rest of the folder still proceeds).
+    pub errors: Vec<(String, io::Error)>,
+}
+
+/// Makes disk match `tree`. `text_of` renders a file's content (`None`: not arrived yet);
+/// files are rewritten only when new at their path or when their document is in `changed`.
+pub fn materialize(
+    root: &Path,
+    tree: &Tree,
+    index: &mut Index,
+    changed: &HashSet<DocId>,
+    text_of: &dyn Fn(DocId) -> Option<String>,
+) -> Materialized {
+    let mut m = Materialized::default();
+
+    // 1. Deletions: indexed entries no longer shown. Files first, then directories deepest first.
+    let doomed: Vec<(String, IndexEntry)> = index
+        .iter()
+        .filter(|(_, e)| tree.path_of(e.id).is_none())
+        .map(|(p, e)| (p.clone(), e.clone()))
+        .collect();
+    for (path, e) in doomed.iter().filter(|(_, e)| e.kind == EntryKind::File) {
+        match remove_file_if_unchanged(root, path, &e.stat) {
+            Ok(true) => {
+                index.remove(path);
+                m.touched.insert(path.clone());
+            }
+            Ok(false) => {
+                m.local_first.insert(path.clone());
+            }
+            Err(err) => m.errors.push((path.clone(), err)),
+        }
+    }
+    for (path, _) in doomed
+        .iter()
+        .rev()
+        .filter(|(_, e)| e.kind == EntryKind::Dir)
+    {
+        match fs::remove_dir(root.join(path)) {
+            Ok(()) => {
+                index.remove(path);
+                m.touched.insert(path.clone());
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                index.remove(path);
+                m.touched.insert(path.clone());
+            }
+            // Not empty: it holds something teatime does not know about. Keep it; the
+            // caller scans it so those files are synced rather than lost.
+            Err(_) => {
+                m.local_first.insert(path.clone());
+            }
+        }
+    }
+
+    // 2. Moves, parents first, then 3. creations and content, also parents first.
+    let mut where_is: HashMap<DocId, String> =
+        index.iter().map(|(p, e)| (e.id, p.clone())).collect();
+    for (path, &(id, kind)) in &tree.by_path {
+        if let Some(current) = where_is.get(&id).cloned()
+            && current != *path
+        {
+            if let Err(err) = move_entry(root, index, &mut where_is, &mut m, &current, path) {
+                m.errors.push((path.clone(), err));
+                continue;
+            }
+        }
+        let result = match kind {
+            EntryKind::Dir => ensure_dir(root, index, &mut m, path, id),
+            EntryKind::File => {
+                let fresh = index.get(path).is_none_or(|e| e.id != id);
+                if fresh || changed.contains(&id) {
+                    match text_of(id) {
+                        Some(text) => write_file(root, index, &mut m, path, id, text.as_bytes()),
+                        None => Ok(()),
+                    }
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        if let Err(err) = result {
+            m.errors.push((path.clone(), err));
+        }
+        if let Some(e) = index.get(path) {
+            where_is.insert(e.id, path.clone());
+        }
+    }
+    m
+}
+
+/// Moves the entry at `from` to `to` on disk and in the index, first moving aside a
+/// tracked entry that occupies `to` (it is moving elsewhere later in the same pass).
+fn move_entry(
+    root: &Path,
+    index: &mut Index,
+    where_is: &mut HashMap<DocId, String>,
+    m: &mut Materialized,
+    from: &str,
+    to: &str,
+) -> io::Result<()> {
+    check_parents(root, to)?;
+    if fs::symlink_metadata(root.join(to)).is_ok() {
+        if index.contains_key(to) {
+            let aside = format!(
+                "{}/{TEMP_PREFIX}-mv.{:016x}",
+                parent_of(to),
+                rand::random::<u64>()
+            );
+            let aside = aside.trim_start_matches('/').to_string();
+            rename_in_index(root, index, where_is, m, to, &aside)?;
+        } else {
+            m.local_first.insert(to.to_string());
+            return Ok(());
+        }
+    }
+    rename_in_index(root, index, where_is, m, from, to)
+}
+
+fn rename_in_index(
+    root: &Path,
+    index: &mut Index,
+    where_is: &mut HashMap<DocId, String>,
+    m: &mut Materialized,
+    from: &str,
+    to: &str,
+) -> io::Result<()> {
+    fs::rename(root.join(from), root.join(to))?;
+    fsync_dir(&root.join(parent_of(to)));
+    let old_keys: Vec<String> = index
+        .keys()
+        .filter(|k| is_within(k, from))
+        .cloned()
+        .collect();
+    move_in_index(index, from, to);
+    for k in old_keys {
+        m.touched.insert(k.clone());
+        let new = format!("{to}{}", &k[from.len()..]);
+        if let Some(e) = index.get(&new) {
+            where_is.insert(e.id, new.clone());
+        }
+        m.touched.insert(new);
+    }
+    Ok(())
+}
+
+fn ensure_dir(
+    root: &Path,
+    index: &mut Index,
+    m: &mut Materialized,
+    path: &str,
+    id: DocId,
+) -> io::Result<()> {
+    if index.get(path).is_some_and(|e| e.id == id) {
+        return Ok(());
+    }
+    check_parents(root, path)?;
+    let full = root.join(path);
+    match fs::symlink_metadata(&full) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            m.local_first.insert(path.to_string());
+            return Ok(());
+        }
+        Err(_) => fs::create_dir(&full)?,
+    }
+    let stat = stat_of(&fs::symlink_metadata(&full)?);
+    index.insert(
+        path.to_string(),
+        IndexEntry {
+            id,
+            kind: EntryKind::Dir,
+            stat,
+            hash: [0; 32],
+        },
+    );
+    m.touched.insert(path.to_string());
+    Ok(())
+}
+
+fn write_file(
+    root: &Path,
+    index: &mut Index,
+    m: &mut Materialized,
+    path: &str,
+    id: DocId,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let hash = *blake3::hash(bytes).as_bytes();
+    let recorded = index.get(path).filter(|e| e.id == id).cloned();
+    if recorded.as_ref().is_some_and(|e| e.hash == hash) {
+        return Ok(());
+    }
+    check_parents(root, path)?;
+    let full = root.join(path);
+    let mode = match fs::symlink_metadata(&full) {
+        Ok(meta) => {
+            let unchanged = recorded
+                .as_ref()
+                .is_some_and(|e| disk_entry(&meta).is_some_and(|d| d.stat == e.stat));
+            if !unchanged {
+                // Edited since we last looked, or not ours at all: ingest first.
+                m.local_first.insert(path.to_string());
+                return Ok(());
+            }
+            Some(meta.permissions().mode())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let stat = write_atomic(&full, bytes, mode)?;
+    index.insert(
+        path.to_string(),
+        IndexEntry {
+            id,
+            kind: EntryKind::File,
+            stat,
+            hash,
+        },
+    );
+    m.touched.insert(path.to_string());
+    Ok(())
+}
+
+/// Steps 2 to 5 of the module doc. Returns the new file's [`Stat`].
+pub fn write_atomic(target: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<Stat> {
+    let dir = target
+        .parent()
+        .ok_or_else(|| io::Error::other("target has no parent"))?;
+    let tmp = dir.join(format!("{TEMP_PREFIX}.{:016x}", rand::random::<u64>()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(mode.unwrap_or(0o644) & 0o777)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if let Some(mode) = mode {
+            f.set_permissions(fs::Permissions::from_mode(mode & 0o777))?;
+        }
+        f.sync_all()?;
+        fs::rename(&tmp, target)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fsync_dir(dir);
+    Ok(stat_of(&fs::symlink_metadata(target)?))
+}
+
+fn remove_file_if_unchanged(root: &Path, path: &str, recorded: &Stat) -> io::Result<bool> {
+    let full = root.join(path);
+    match fs::symlink_metadata(&full) {
+        Ok(meta) => {
+            if disk_entry(&meta).is_some_and(|d| d.stat == *recorded) {
+                check_parents(root, path)?;
+                fs::remove_file(&full)?;
+                Ok(true)
+            } else {
+                Ok(false)
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every ancestor of `rel` inside the root must be a real directory: never act through a
+/// symlink a peer or a local process planted.
+fn check_parents(root: &Path, rel: &str) -> io::Result<()> {
+    let mut cur = root.to_path_buf();
+    let parent = parent_of(rel);
+    if parent.is_empty() {
+        return Ok(());
+    }
+    for comp in parent.split('/') {
+        cur.push(comp);
+        let meta = fs::symlink_metadata(&cur)?;
+        if !meta.file_type().is_dir() {
+            return Err(io::Error::other(format!(
+                "{} is not a directory",
+                cur.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) {
+    // Best effort: some file systems refuse fsync on directories.
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Removes temp files a crash left behind (reserved prefix), anywhere in the folder.
+pub fn remove_stale_temp_files(root: &Path) {
+    fn walk(dir: &Path) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for dent in rd.flatten() {
+            let name = dent.file_name();
+            let Ok(ft) = dent.file_type() else { continue };
+            // Only write temps: an entry moved aside (`-mv.`) is tracked in the index and
+            // is put in place by the next materialisation.
+            if name
+                .to_string_lossy()
+                .starts_with(&format!("{TEMP_PREFIX}."))
+                && ft.is_file()
+            {
+                let _ = fs::remove_file(dent.path());
+            } else if ft.is_dir() && name != teatime_crdt::path::STATE_DIR {
+                walk(&dent.path());
+            }
+        }
+    }
+    walk(root);
+}

@@ -1,0 +1,18 @@
+//! teatime keeps a folder identical on several machines, peer to peer; concurrent edits
+//! to a text file merge character by character.
+//!
+//! Data flow (see ARCHITECTURE.md): disk -> [`watch`] (hints) -> [`scan`] (what changed)
+//! -> [`replica`] (documents, index, [`store`]) -> [`net`] (peers); and back: peers ->
+//! [`replica`] -> [`apply`] (atomic writes to disk). [`node`] wires one process together;
+//! [`cli`] is the command line.
+
+pub mod apply;
+pub mod cli;
+pub mod home;
+pub mod net;
+pub mod node;
+pub mod replica;
+pub mod scan;
+pub mod store;
+pub mod ticket;
+pub mod watch;

@@ -1,0 +1,90 @@
+//! Keeping connections up: one dial loop per known peer.
+//!
+//! A loop dials only while no session with that peer is live (whoever dialed it), and
+//! backs off exponentially between failed attempts, so an offline peer costs a handful of
+//! packets per minute and a peer that comes back is reached within [`MAX_BACKOFF`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use iroh::{EndpointAddr, EndpointId};
+use teatime_crdt::DocId;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::session::Hub;
+
+/// First retry delay.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest retry delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A session that lasted this long counts as healthy: the next failure retries quickly.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
+/// Requests to dial, from the replica (capacity: one per known peer is plenty).
+pub const DIAL_QUEUE_CAPACITY: usize = 256;
+
+/// Runs until `cancel`: starts a loop for each peer it is told about, and updates the
+/// address of a loop already running.
+pub async fn run_dialer(
+    hub: Hub,
+    folder: DocId,
+    mut requests: mpsc::Receiver<EndpointAddr>,
+    cancel: CancellationToken,
+) {
+    let mut loops: HashMap<EndpointId, watch::Sender<EndpointAddr>> = HashMap::new();
+    let links = hub
+        .folders
+        .read()
+        .expect("folders lock")
+        .get(&folder)
+        .map(|f| f.links.clone());
+    let Some(links) = links else { return };
+    loop {
+        let addr = tokio::select! {
+            _ = cancel.cancelled() => return,
+            addr = requests.recv() => match addr { Some(a) => a, None => return },
+        };
+        if addr.id == hub.endpoint.id() {
+            continue;
+        }
+        if let Some(tx) = loops.get(&addr.id) {
+            let _ = tx.send(addr);
+            continue;
+        }
+        let (tx, mut rx) = watch::channel(addr.clone());
+        loops.insert(addr.id, tx);
+        let (hub, links, cancel) = (hub.clone(), links.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let peer = addr.id;
+            let mut backoff = MIN_BACKOFF;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = links.wait_disconnected(&peer) => {}
+                }
+                let addr = rx.borrow_and_update().clone();
+                let started = Instant::now();
+                let result = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = hub.dial(addr, folder) => r,
+                };
+                if let Err(e) = result {
+                    debug!(peer = %peer.fmt_short(), "dial failed: {e:#}");
+                }
+                if started.elapsed() > HEALTHY_SESSION {
+                    backoff = MIN_BACKOFF;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                    // A new address is worth trying at once.
+                    _ = rx.changed() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        });
+    }
+}

@@ -1,0 +1,141 @@
+//! The sync protocol's frames and their encoding.
+//!
+//! One bidirectional QUIC stream per connection carries length-prefixed frames:
+//! `u32 big-endian length ‖ postcard(Frame)`. The length is checked against
+//! [`MAX_FRAME_BYTES`] before anything is allocated, both when writing and reading.
+//!
+//! The conversation:
+//!
+//! ```text
+//! dialer                              acceptor
+//!   Hello{folder, name, addr}  ->
+//!                              <-     Challenge{nonce}
+//!   Proof{mac}                 ->                       (see net::auth)
+//!                              <-     Welcome{name} | Refused{reason}
+//! then, both ways, any time:
+//!   Summary{doc -> heads}      one exchange to find every document that differs
+//!   Changes{doc, data}         Automerge changes (or a whole save() for a doc the peer lacks)
+//!   Peers{addrs}               other members and where they were last seen (the mesh)
+//! ```
+
+use anyhow::{Context, Result, bail};
+use iroh::EndpointAddr;
+use serde::{Deserialize, Serialize};
+use teatime_crdt::DocId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The sync protocol's ALPN. The trailing number is the protocol version.
+pub const ALPN: &[u8] = b"/teatime/sync/1";
+
+/// Largest frame accepted or sent. A whole-document save of a text file at the text size
+/// limit with a long history fits; anything larger is refused before allocation.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Automerge change hash bytes.
+pub type Heads = Vec<[u8; 32]>;
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// First frame of a dialer: which folder, who it is, where it can be reached.
+    Hello {
+        /// The folder to sync.
+        folder: DocId,
+        /// The dialer's display name.
+        name: String,
+        /// The dialer's addresses, so the acceptor can dial back later.
+        addr: EndpointAddr,
+    },
+    /// The acceptor's challenge: prove the join secret against this nonce.
+    Challenge {
+        /// Fresh random bytes.
+        nonce: [u8; 32],
+    },
+    /// The dialer's answer to the challenge.
+    Proof {
+        /// Keyed hash, see `net::auth::proof`.
+        mac: [u8; 32],
+    },
+    /// Proof accepted: the session starts.
+    Welcome {
+        /// The acceptor's display name.
+        name: String,
+    },
+    /// Proof refused (or unknown folder); the connection closes.
+    Refused {
+        /// Why, for the dialer's log.
+        reason: String,
+    },
+    /// Every document's heads.
+    Summary {
+        /// Document id and its heads.
+        docs: Vec<(DocId, Heads)>,
+    },
+    /// Changes to one document.
+    Changes {
+        /// The document.
+        doc: DocId,
+        /// `save()` or `save_after()` bytes, applied with `load_incremental`.
+        data: Vec<u8>,
+    },
+    /// Members' addresses.
+    Peers {
+        /// Where each was last reachable.
+        peers: Vec<EndpointAddr>,
+    },
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<()> {
+    let bytes = postcard::to_stdvec(frame)?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        bail!(
+            "frame of {} bytes exceeds the {MAX_FRAME_BYTES}-byte limit",
+            bytes.len()
+        );
+    }
+    w.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    w.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` when the stream ended cleanly between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        bail!("peer announced a {len}-byte frame, over the {MAX_FRAME_BYTES}-byte limit");
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf)
+        .await
+        .context("stream ended inside a frame")?;
+    Ok(Some(postcard::from_bytes(&buf).context("malformed frame")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversize_is_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let frame = Frame::Changes {
+            doc: DocId([1; 16]),
+            data: vec![1, 2, 3],
+        };
+        write_frame(&mut a, &frame).await.unwrap();
+        assert_eq!(read_frame(&mut b).await.unwrap(), Some(frame));
+
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        assert!(read_frame(&mut b).await.is_err());
+
+        drop(a);
+        assert_eq!(read_frame(&mut b).await.unwrap(), None);
+    }
+}

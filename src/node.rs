@@ -1,0 +1,248 @@
+//! One teatime process syncing one folder in the foreground: wiring and shutdown.
+//!
+//! ```text
+//! notify watcher --Hint--> replica thread <--Frame/PeerUp/PeerDown-- sessions (iroh Router)
+//!                          replica thread --dial requests--> dialer --> sessions
+//!                          replica thread --frames--> session outboxes
+//! ```
+//!
+//! The replica runs on its own thread (its work blocks: disk, redb, Automerge); the
+//! network runs on the main tokio runtime. SIGINT or SIGTERM cancels everything; the
+//! replica finishes its current batch, flushes, and the process exits 0.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use automerge::ActorId;
+use iroh::RelayUrl;
+use iroh::protocol::Router;
+use teatime_crdt::DocId;
+use teatime_crdt::path::STATE_DIR;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::home::Home;
+use crate::net::Links;
+use crate::net::dial::{DIAL_QUEUE_CAPACITY, run_dialer};
+use crate::net::endpoint::{self, NetworkMode};
+use crate::net::session::{FolderAccess, Hub};
+use crate::net::wire::ALPN;
+use crate::replica::{INBOX_CAPACITY, Identity, Replica};
+use crate::store::Store;
+use crate::ticket::Ticket;
+
+/// How to start a folder.
+pub enum Start {
+    /// Share it (create its state if needed) and print a ticket.
+    Share,
+    /// Join with a ticket.
+    Join(Ticket),
+    /// Resume a folder shared or joined before.
+    Sync,
+}
+
+/// Node-wide settings from the command line.
+pub struct NodeOptions {
+    /// The home directory.
+    pub home: PathBuf,
+    /// Network mode.
+    pub network: NetworkMode,
+    /// A self-hosted relay.
+    pub relay: Option<RelayUrl>,
+    /// Display name.
+    pub name: String,
+}
+
+/// Bound on waiting for the endpoint to be reachable before printing a ticket (internet
+/// mode; iroh's `online()` waits forever when offline).
+const ONLINE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on closing connections at shutdown.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
+const META_FOLDER: &str = "folder_id";
+const META_SECRET: &str = "secret";
+const META_ACTOR: &str = "actor";
+
+fn read_identity(store: &Store) -> Result<Option<Identity>> {
+    let (Some(folder), Some(secret), Some(actor)) = (
+        store.meta(META_FOLDER)?,
+        store.meta(META_SECRET)?,
+        store.meta(META_ACTOR)?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(Identity {
+        folder: DocId(folder.as_slice().try_into().context("stored folder id")?),
+        secret: secret.as_slice().try_into().context("stored secret")?,
+        actor: ActorId::from(actor.as_slice()),
+    }))
+}
+
+fn write_identity(store: &Store, id: &Identity) -> Result<()> {
+    store.set_meta(&[
+        (META_FOLDER, id.folder.0.as_slice()),
+        (META_SECRET, id.secret.as_slice()),
+        (META_ACTOR, id.actor.to_bytes()),
+    ])
+}
+
+/// Runs one folder until SIGINT/SIGTERM.
+pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
+    if matches!(start, Start::Join(_)) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("{} is not a directory", dir.display()))?;
+    if !root.is_dir() {
+        bail!("{} is not a directory", root.display());
+    }
+    let state_dir = root.join(STATE_DIR);
+    if matches!(start, Start::Sync) && !state_dir.is_dir() {
+        bail!(
+            "{} is not a teatime folder yet: run `teatime share` or `teatime join` first",
+            root.display()
+        );
+    }
+    std::fs::create_dir_all(&state_dir)?;
+    let store = Store::open(&state_dir.join("state.redb"))?;
+
+    let home = Home::open(opts.home.clone())?;
+    let key = home.secret_key()?;
+    let me = key.public();
+
+    let mut created = false;
+    let identity = match (read_identity(&store)?, &start) {
+        (Some(id), Start::Join(t)) if id.folder != t.folder => {
+            bail!(
+                "{} already syncs another folder ({}); join into an empty or new directory",
+                root.display(),
+                id.folder
+            )
+        }
+        (Some(id), _) => id,
+        (None, Start::Sync) => bail!(
+            "{} has no saved folder state; share or join it first",
+            root.display()
+        ),
+        (None, Start::Share) => {
+            created = true;
+            let id = Identity {
+                folder: DocId(rand::random()),
+                secret: rand::random(),
+                actor: ActorId::random(),
+            };
+            write_identity(&store, &id)?;
+            id
+        }
+        (None, Start::Join(t)) => {
+            let id = Identity {
+                folder: t.folder,
+                secret: t.secret,
+                actor: ActorId::random(),
+            };
+            write_identity(&store, &id)?;
+            store.save_peer(&t.addr.id.to_string(), &postcard::to_stdvec(&t.addr)?)?;
+            id
+        }
+    };
+    home.register_folder(&root)?;
+
+    let endpoint = endpoint::bind(opts.network, opts.relay.as_ref(), key, home.last_port()).await?;
+    if let Some(port) = endpoint.bound_sockets().first().map(|s| s.port()) {
+        home.set_last_port(port);
+    }
+    let links = Arc::new(Links::default());
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
+    let (dial_tx, dial_rx) = mpsc::channel(DIAL_QUEUE_CAPACITY);
+    let access = FolderAccess {
+        secret: identity.secret,
+        inbox: inbox_tx.clone(),
+        links,
+    };
+    let hub = Hub {
+        endpoint: endpoint.clone(),
+        name: opts.name.clone(),
+        folders: Arc::new(RwLock::new(HashMap::from([(identity.folder, access)]))),
+    };
+    let router = Router::builder(endpoint.clone())
+        .accept(ALPN, hub.clone())
+        .spawn();
+
+    if matches!(start, Start::Share) {
+        if opts.network == NetworkMode::Internet
+            && tokio::time::timeout(ONLINE_TIMEOUT, endpoint.online())
+                .await
+                .is_err()
+        {
+            warn!("no relay reachable yet; the ticket holds direct addresses only");
+        }
+        let ticket = Ticket {
+            folder: identity.folder,
+            secret: identity.secret,
+            name: opts.name.clone(),
+            addr: endpoint.addr(),
+        };
+        println!("{}", ticket.encode());
+        use std::io::Write;
+        std::io::stdout().flush()?;
+    }
+
+    let folder_id = identity.folder;
+    let mut replica = Replica::open(
+        root.clone(),
+        store,
+        identity,
+        me,
+        opts.name.clone(),
+        dial_tx.clone(),
+    )?;
+    if created {
+        replica.create_folder()?;
+    }
+    if let Start::Join(t) = &start {
+        dial_tx.send(t.addr.clone()).await?;
+    }
+    let _watcher = crate::watch::start(&root, inbox_tx.clone())?;
+    info!(folder = %folder_id.short(), node = %me.fmt_short(), "syncing {}", root.display());
+
+    let cancel = CancellationToken::new();
+    let replica_thread = {
+        let cancel = cancel.clone();
+        std::thread::Builder::new()
+            .name("replica".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(replica.run(inbox_rx, cancel));
+                anyhow::Ok(())
+            })?
+    };
+    let dialer = tokio::spawn(run_dialer(hub, folder_id, dial_rx, cancel.clone()));
+
+    wait_for_signal().await?;
+    info!("shutting down");
+    cancel.cancel();
+    drop(inbox_tx);
+    let _ = tokio::task::spawn_blocking(move || replica_thread.join()).await;
+    let _ = dialer.await;
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, router.shutdown()).await;
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, endpoint.close()).await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

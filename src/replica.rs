@@ -1,0 +1,748 @@
+//! One shared folder on this node: the task that owns its documents, index and store.
+//!
+//! Everything that changes the folder's state goes through [`Replica`], one event at a
+//! time, on a thread of its own (its work is file IO, redb commits and Automerge, all
+//! blocking). Inputs are [`Event`]s: hints from the watcher, sessions coming and going,
+//! frames from peers. After each batch of events, [`Replica::flush`]:
+//!
+//! 1. persists every changed document (before anything leaves the node or reaches disk:
+//!    a crash can lose a write to the folder, never a change already sent);
+//! 2. writes remote changes to the folder ([`crate::apply`]); paths the user edited
+//!    meanwhile are ingested first and merged, then written;
+//! 3. persists the index;
+//! 4. sends each changed document to every peer as the changes that peer lacks.
+//!
+//! Sync protocol: per peer and document we keep the heads the peer is known to have.
+//! On connect both sides exchange a summary of all heads; afterwards each change is pushed
+//! as `save_after(known heads)` (or a whole `save()` for a document the peer lacks), which
+//! QUIC delivers in order. One message per change, no round trips.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use automerge::{ActorId, AutoCommit, ChangeHash};
+use iroh::endpoint::Connection;
+use iroh::{EndpointAddr, EndpointId};
+use teatime_crdt::{DocId, EntryKind, FileDoc, FolderDoc, render};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::apply::{self, materialize};
+use crate::net::wire::{Frame, Heads};
+use crate::scan::{self, LocalOp, Scope, move_in_index, name_of, parent_of};
+use crate::store::{Batch, Index, IndexEntry, Store};
+
+/// Events queued for the replica before senders wait.
+pub const INBOX_CAPACITY: usize = 1024;
+/// Quiet time after the last watcher hint before scanning (editors write in bursts).
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
+/// Longest a steady stream of hints can postpone a scan.
+pub const MAX_DEBOUNCE: Duration = Duration::from_millis(250);
+/// Budget for diffing one file's new content against its document.
+const INGEST_BUDGET: Duration = Duration::from_millis(500);
+/// How many events are handled before a flush, so a flood of frames is batched.
+const MAX_EVENTS_PER_FLUSH: usize = 256;
+/// Rounds of "write remote change, find a local edit, ingest it" before giving up for now.
+const MAX_MATERIALIZE_ROUNDS: usize = 4;
+
+/// Input to the replica.
+pub enum Event {
+    /// The watcher saw something in this scope.
+    Hint(Scope),
+    /// A session with a peer is authenticated and running.
+    PeerUp {
+        /// The peer.
+        peer: EndpointId,
+        /// Its display name.
+        name: String,
+        /// Where it can be reached.
+        addr: EndpointAddr,
+        /// This session.
+        conn_id: u64,
+        /// Whether this node dialed.
+        dialed_by_me: bool,
+        /// Frames to send it.
+        outbox: mpsc::Sender<Frame>,
+        /// The connection (closed when a duplicate session is dropped).
+        conn: Connection,
+    },
+    /// A session ended.
+    PeerDown {
+        /// The peer.
+        peer: EndpointId,
+        /// The session.
+        conn_id: u64,
+    },
+    /// A frame from a peer.
+    Frame {
+        /// The peer.
+        peer: EndpointId,
+        /// The session it came on.
+        conn_id: u64,
+        /// The frame.
+        frame: Frame,
+    },
+}
+
+struct Link {
+    conn_id: u64,
+    dialed_by_me: bool,
+    outbox: mpsc::Sender<Frame>,
+    conn: Connection,
+    addr: EndpointAddr,
+    /// Heads the peer is known to have, per document.
+    known: HashMap<DocId, Vec<ChangeHash>>,
+}
+
+/// Identity of the folder and of this replica, as stored in the folder's meta table.
+pub struct Identity {
+    /// The folder (and folder document) id.
+    pub folder: DocId,
+    /// The join secret.
+    pub secret: [u8; 32],
+    /// This replica's Automerge actor.
+    pub actor: ActorId,
+}
+
+/// One folder's state and the logic that keeps it in sync.
+pub struct Replica {
+    root: PathBuf,
+    store: Store,
+    id: Identity,
+    me: EndpointId,
+    my_name: String,
+    folder: FolderDoc,
+    files: HashMap<DocId, FileDoc>,
+    index: Index,
+    /// Heads last persisted, per document (for incremental saves).
+    saved: HashMap<DocId, Vec<ChangeHash>>,
+    peers: HashMap<EndpointId, Link>,
+    dial: mpsc::Sender<EndpointAddr>,
+    text_limit: u64,
+    // Work accumulated since the last flush.
+    dirty: BTreeSet<DocId>,
+    remote_changed: HashSet<DocId>,
+    index_touched: BTreeSet<String>,
+    pending: Option<(Scope, Instant, Instant)>,
+    reported: HashSet<String>,
+}
+
+fn hashes(heads: &[ChangeHash]) -> Heads {
+    heads.iter().map(|h| h.0).collect()
+}
+
+impl Replica {
+    /// Loads the folder's state from its store.
+    pub fn open(
+        root: PathBuf,
+        mut store: Store,
+        id: Identity,
+        me: EndpointId,
+        my_name: String,
+        dial: mpsc::Sender<EndpointAddr>,
+    ) -> Result<Replica> {
+        let loaded = store.load()?;
+        let mut folder = None;
+        let mut files = HashMap::new();
+        let mut saved = HashMap::new();
+        for (doc_id, snapshot, changes) in loaded.docs {
+            let mut doc = AutoCommit::load(&snapshot)
+                .with_context(|| format!("loading document {doc_id}"))?
+                .with_actor(id.actor.clone());
+            for chunk in changes {
+                doc.load_incremental(&chunk)
+                    .with_context(|| format!("loading changes of {doc_id}"))?;
+            }
+            saved.insert(doc_id, doc.get_heads());
+            if doc_id == id.folder {
+                folder = Some(FolderDoc::from_doc(doc));
+            } else {
+                files.insert(doc_id, FileDoc::from_doc(doc));
+            }
+        }
+        let folder = folder
+            .unwrap_or_else(|| FolderDoc::from_doc(AutoCommit::new().with_actor(id.actor.clone())));
+        Ok(Replica {
+            root,
+            store,
+            id,
+            me,
+            my_name,
+            folder,
+            files,
+            index: loaded.index,
+            saved,
+            peers: HashMap::new(),
+            dial,
+            text_limit: scan::DEFAULT_TEXT_LIMIT_BYTES,
+            dirty: BTreeSet::new(),
+            remote_changed: HashSet::new(),
+            index_touched: BTreeSet::new(),
+            pending: None,
+            reported: HashSet::new(),
+        })
+    }
+
+    /// Creates the folder document for a folder shared from here (first share only).
+    pub fn create_folder(&mut self) -> Result<()> {
+        self.folder =
+            FolderDoc::create(self.id.actor.clone(), &self.me.to_string(), &self.my_name)?;
+        self.dirty.insert(self.id.folder);
+        Ok(())
+    }
+
+    /// Whether the folder document exists here yet (a joiner waits for it).
+    pub fn is_ready(&self) -> bool {
+        self.folder.is_ready()
+    }
+
+    /// Processes events until `cancel` or until every sender is gone.
+    pub async fn run(mut self, mut inbox: mpsc::Receiver<Event>, cancel: CancellationToken) {
+        apply::remove_stale_temp_files(&self.root);
+        for (id, addr) in self.known_peer_addrs() {
+            debug!(peer = %id.fmt_short(), "reconnecting to known peer");
+            let _ = self.dial.try_send(addr);
+        }
+        self.hint(Scope::All);
+        // Startup: the full scan runs at once, not after a debounce.
+        if let Some(p) = self.pending.as_mut() {
+            p.1 = Instant::now();
+        }
+        self.flush();
+        loop {
+            let wake = self
+                .pending
+                .as_ref()
+                .map(|(_, quiet, _)| tokio::time::Instant::from_std(*quiet));
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                ev = inbox.recv() => {
+                    let Some(ev) = ev else { break };
+                    self.handle(ev);
+                    for _ in 1..MAX_EVENTS_PER_FLUSH {
+                        match inbox.try_recv() {
+                            Ok(ev) => self.handle(ev),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                    self.scan_pending();
+                }
+            }
+            self.flush();
+        }
+        // Last look at the disk, so an edit made just before shutdown is not left for later.
+        if self.pending.is_some() {
+            self.scan_pending();
+        }
+        self.flush();
+        for link in self.peers.values() {
+            link.conn.close(0u32.into(), b"shutting down");
+        }
+        info!("folder {} stopped", self.root.display());
+    }
+
+    fn known_peer_addrs(&self) -> Vec<(EndpointId, EndpointAddr)> {
+        let mut out = Vec::new();
+        for (id, bytes) in self.store.peers().unwrap_or_default() {
+            if let (Ok(id), Ok(addr)) = (
+                id.parse::<EndpointId>(),
+                postcard::from_bytes::<EndpointAddr>(&bytes),
+            ) && id != self.me
+            {
+                out.push((id, addr));
+            }
+        }
+        out
+    }
+
+    fn hint(&mut self, scope: Scope) {
+        let now = Instant::now();
+        self.pending = Some(match self.pending.take() {
+            None => (scope, now + DEBOUNCE, now + MAX_DEBOUNCE),
+            Some((old, _, deadline)) => {
+                let merged = match (old, scope) {
+                    (Scope::Paths(mut a), Scope::Paths(b)) => {
+                        a.extend(b);
+                        Scope::Paths(a)
+                    }
+                    _ => Scope::All,
+                };
+                (merged, (now + DEBOUNCE).min(deadline), deadline)
+            }
+        });
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Hint(scope) => self.hint(scope),
+            Event::PeerUp {
+                peer,
+                name,
+                addr,
+                conn_id,
+                dialed_by_me,
+                outbox,
+                conn,
+            } => self.peer_up(peer, name, addr, conn_id, dialed_by_me, outbox, conn),
+            Event::PeerDown { peer, conn_id } => {
+                if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                    self.peers.remove(&peer);
+                }
+            }
+            Event::Frame {
+                peer,
+                conn_id,
+                frame,
+            } => {
+                if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                    self.frame(peer, frame);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // the fields of Event::PeerUp, destructured
+    fn peer_up(
+        &mut self,
+        peer: EndpointId,
+        name: String,
+        addr: EndpointAddr,
+        conn_id: u64,
+        dialed_by_me: bool,
+        outbox: mpsc::Sender<Frame>,
+        conn: Connection,
+    ) {
+        if let Some(existing) = self.peers.get(&peer) {
+            // Both sides dialed at once: keep the session dialed by the smaller id, so
+            // both ends pick the same one.
+            let keep_dialed_by_me = self.me < peer;
+            if existing.dialed_by_me == keep_dialed_by_me || dialed_by_me != keep_dialed_by_me {
+                conn.close(2u32.into(), b"duplicate session");
+                return;
+            }
+            existing.conn.close(2u32.into(), b"duplicate session");
+        }
+        if let Err(e) = self.store.save_peer(
+            &peer.to_string(),
+            &postcard::to_stdvec(&addr).unwrap_or_default(),
+        ) {
+            warn!("could not remember peer address: {e:#}");
+        }
+        if self.folder.is_ready() && !self.folder.members().contains_key(&peer.to_string()) {
+            info!(peer = %peer.fmt_short(), %name, "new member joined");
+            if self
+                .folder
+                .add_member(&peer.to_string(), &name, "writer")
+                .is_ok()
+            {
+                self.folder.commit();
+                self.dirty.insert(self.id.folder);
+            }
+        }
+        let link = Link {
+            conn_id,
+            dialed_by_me,
+            outbox,
+            conn,
+            addr,
+            known: HashMap::new(),
+        };
+        self.peers.insert(peer, link);
+        let summary = Frame::Summary {
+            docs: self.summary(),
+        };
+        let peers = Frame::Peers {
+            peers: self.peers.values().map(|l| l.addr.clone()).collect(),
+        };
+        self.send(peer, summary);
+        self.send(peer, peers);
+        // Tell the others about the newcomer, so the folder becomes a mesh.
+        let newcomer = self.peers[&peer].addr.clone();
+        let others: Vec<EndpointId> = self.peers.keys().filter(|p| **p != peer).copied().collect();
+        for other in others {
+            self.send(
+                other,
+                Frame::Peers {
+                    peers: vec![newcomer.clone()],
+                },
+            );
+        }
+    }
+
+    fn summary(&mut self) -> Vec<(DocId, Heads)> {
+        let mut docs = Vec::with_capacity(self.files.len() + 1);
+        if self.folder.is_ready() {
+            docs.push((self.id.folder, hashes(&self.folder.doc_mut().get_heads())));
+        }
+        for (id, f) in &mut self.files {
+            docs.push((*id, hashes(&f.doc_mut().get_heads())));
+        }
+        docs
+    }
+
+    fn send(&mut self, peer: EndpointId, frame: Frame) {
+        let Some(link) = self.peers.get(&peer) else {
+            return;
+        };
+        if link.outbox.try_send(frame).is_err() {
+            warn!(peer = %peer.fmt_short(), "peer is not keeping up; reconnecting it");
+            link.conn.close(3u32.into(), b"outbox full");
+            self.peers.remove(&peer);
+        }
+    }
+
+    fn doc_mut(&mut self, id: DocId) -> &mut AutoCommit {
+        if id == self.id.folder {
+            self.folder.doc_mut()
+        } else {
+            let actor = self.id.actor.clone();
+            self.files
+                .entry(id)
+                .or_insert_with(|| FileDoc::from_doc(AutoCommit::new().with_actor(actor)))
+                .doc_mut()
+        }
+    }
+
+    fn frame(&mut self, peer: EndpointId, frame: Frame) {
+        match frame {
+            Frame::Summary { docs } => {
+                let theirs: HashMap<DocId, Heads> = docs.into_iter().collect();
+                let mut ours: Vec<DocId> = vec![self.id.folder];
+                ours.extend(self.files.keys().copied());
+                for doc in ours {
+                    if doc == self.id.folder && !self.folder.is_ready() {
+                        continue;
+                    }
+                    let their_heads: Option<Vec<ChangeHash>> = theirs
+                        .get(&doc)
+                        .map(|h| h.iter().map(|b| ChangeHash(*b)).collect());
+                    if let Some(link) = self.peers.get_mut(&peer) {
+                        match their_heads {
+                            Some(h) => link.known.insert(doc, h),
+                            None => link.known.remove(&doc),
+                        };
+                    }
+                    self.push(peer, doc);
+                }
+            }
+            Frame::Changes { doc, data } => {
+                let d = self.doc_mut(doc);
+                let before = d.get_heads();
+                if let Err(e) = d.load_incremental(&data) {
+                    warn!(peer = %peer.fmt_short(), doc = %doc.short(), "refusing malformed changes: {e}");
+                    if let Some(link) = self.peers.remove(&peer) {
+                        link.conn.close(4u32.into(), b"malformed changes");
+                    }
+                    return;
+                }
+                let after = d.get_heads();
+                if before != after {
+                    self.dirty.insert(doc);
+                    self.remote_changed.insert(doc);
+                }
+                if let Some(link) = self.peers.get_mut(&peer) {
+                    link.known.insert(doc, after);
+                }
+            }
+            Frame::Peers { peers } => {
+                for addr in peers {
+                    if addr.id != self.me && !self.peers.contains_key(&addr.id) {
+                        let _ = self.store.save_peer(
+                            &addr.id.to_string(),
+                            &postcard::to_stdvec(&addr).unwrap_or_default(),
+                        );
+                        let _ = self.dial.try_send(addr);
+                    }
+                }
+            }
+            other => debug!(peer = %peer.fmt_short(), "ignoring unexpected frame {other:?}"),
+        }
+    }
+
+    /// Sends `peer` whatever it lacks of `doc`, and records that it now has our heads.
+    fn push(&mut self, peer: EndpointId, doc: DocId) {
+        let Some(known) = self.peers.get(&peer).map(|l| l.known.get(&doc).cloned()) else {
+            return;
+        };
+        let d = self.doc_mut(doc);
+        let heads = d.get_heads();
+        if known.as_ref() == Some(&heads) {
+            return;
+        }
+        let data = match known {
+            // Only heads we have can bound what to send; unknown ones are theirs to send us.
+            Some(k) => {
+                let base: Vec<ChangeHash> = k
+                    .into_iter()
+                    .filter(|h| d.get_change_by_hash(h).is_some())
+                    .collect();
+                if base.is_empty() {
+                    d.save()
+                } else {
+                    d.save_after(&base)
+                }
+            }
+            None => d.save(),
+        };
+        if let Some(link) = self.peers.get_mut(&peer) {
+            link.known.insert(doc, heads);
+        }
+        if !data.is_empty() {
+            self.send(peer, Frame::Changes { doc, data });
+        }
+    }
+
+    fn scan_pending(&mut self) {
+        if !self.folder.is_ready() {
+            return; // a joiner waits for the folder document before recording anything
+        }
+        if let Some((scope, _, _)) = self.pending.take() {
+            self.scan(scope);
+        }
+    }
+
+    fn scan(&mut self, scope: Scope) {
+        let mut new_id = || DocId(rand::random());
+        let r = scan::reconcile(
+            &self.root,
+            &self.index,
+            &scope,
+            self.text_limit,
+            &mut new_id,
+        );
+        for s in r.skipped {
+            if self.reported.insert(format!("{}\0{}", s.path, s.reason)) {
+                info!(path = %s.path, "not synced: {}", s.reason);
+            }
+        }
+        for op in r.ops {
+            if let Err(e) = self.record(op) {
+                warn!("could not record a local change: {e:#}");
+            }
+        }
+        self.folder.commit();
+        if !r.unstable.is_empty() {
+            self.hint(Scope::Paths(r.unstable.into_iter().collect()));
+        }
+    }
+
+    fn parent_id(&self, path: &str) -> Option<DocId> {
+        let parent = parent_of(path);
+        if parent.is_empty() {
+            None
+        } else {
+            self.index.get(parent).map(|e| e.id)
+        }
+    }
+
+    /// Records one local change in the documents and the index.
+    fn record(&mut self, op: LocalOp) -> Result<()> {
+        debug!(?op, "local change");
+        match op {
+            LocalOp::CreateDir { id, path, stat } => {
+                self.folder.create_entry(
+                    id,
+                    self.parent_id(&path),
+                    name_of(&path),
+                    EntryKind::Dir,
+                )?;
+                self.dirty.insert(self.id.folder);
+                self.set_index(
+                    path,
+                    IndexEntry {
+                        id,
+                        kind: EntryKind::Dir,
+                        stat,
+                        hash: [0; 32],
+                    },
+                );
+            }
+            LocalOp::CreateFile {
+                id,
+                path,
+                content,
+                stat,
+                hash,
+            } => {
+                let file = FileDoc::create(self.id.actor.clone(), &content)?;
+                self.files.insert(id, file);
+                self.folder.create_entry(
+                    id,
+                    self.parent_id(&path),
+                    name_of(&path),
+                    EntryKind::File,
+                )?;
+                self.dirty.extend([id, self.id.folder]);
+                self.set_index(
+                    path,
+                    IndexEntry {
+                        id,
+                        kind: EntryKind::File,
+                        stat,
+                        hash,
+                    },
+                );
+            }
+            LocalOp::Move { id, from, to } => {
+                let old_keys: Vec<String> = self
+                    .index
+                    .keys()
+                    .filter(|k| scan::is_within(k, &from))
+                    .cloned()
+                    .collect();
+                move_in_index(&mut self.index, &from, &to);
+                let new_keys: Vec<String> = self
+                    .index
+                    .keys()
+                    .filter(|k| scan::is_within(k, &to))
+                    .cloned()
+                    .collect();
+                self.index_touched
+                    .extend(old_keys.into_iter().chain(new_keys));
+                self.folder
+                    .move_entry(id, self.parent_id(&to), name_of(&to))?;
+                // A move of something a peer deleted meanwhile brings it back: nothing lost.
+                self.folder.set_deleted(id, false)?;
+                self.dirty.insert(self.id.folder);
+            }
+            LocalOp::Edit {
+                id,
+                path,
+                content,
+                stat,
+                hash,
+            } => {
+                let file = self
+                    .files
+                    .get_mut(&id)
+                    .context("edited file has no document")?;
+                if file.ingest(&content, Instant::now() + INGEST_BUDGET)? {
+                    self.dirty.insert(id);
+                }
+                // An edit beats a concurrent delete: the file comes back.
+                if self.folder.entry(id).is_some_and(|e| e.deleted) {
+                    self.folder.set_deleted(id, false)?;
+                    self.dirty.insert(self.id.folder);
+                }
+                self.set_index(
+                    path,
+                    IndexEntry {
+                        id,
+                        kind: EntryKind::File,
+                        stat,
+                        hash,
+                    },
+                );
+            }
+            LocalOp::Touch { path, stat } => {
+                if let Some(mut e) = self.index.get(&path).cloned() {
+                    e.stat = stat;
+                    self.set_index(path, e);
+                }
+            }
+            LocalOp::Delete { id, path } => {
+                self.folder.set_deleted(id, true)?;
+                self.dirty.insert(self.id.folder);
+                self.index.remove(&path);
+                self.index_touched.insert(path);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_index(&mut self, path: String, entry: IndexEntry) {
+        self.index.insert(path.clone(), entry);
+        self.index_touched.insert(path);
+    }
+
+    /// Persist, materialise, persist the index, broadcast (see the module docs).
+    fn flush(&mut self) {
+        let mut to_send: BTreeSet<DocId> = BTreeSet::new();
+        for round in 0..MAX_MATERIALIZE_ROUNDS {
+            self.persist_docs(&mut to_send);
+            if self.remote_changed.is_empty() || !self.folder.is_ready() {
+                break;
+            }
+            let changed = std::mem::take(&mut self.remote_changed);
+            let tree = render(&self.folder.entries());
+            let files = &self.files;
+            let text_of = |id: DocId| files.get(&id).and_then(|f| f.text());
+            let m = materialize(&self.root, &tree, &mut self.index, &changed, &text_of);
+            self.index_touched.extend(m.touched);
+            for (path, err) in m.errors {
+                warn!(%path, "could not apply a remote change: {err}");
+            }
+            if m.local_first.is_empty() {
+                break;
+            }
+            debug!(round, paths = ?m.local_first, "local edits found where remote changes land: ingesting first");
+            self.scan(Scope::Paths(m.local_first));
+            // Re-render with the local edits merged in; rewrite those files too.
+            self.remote_changed = changed;
+            self.remote_changed.extend(self.dirty.iter().copied());
+        }
+        self.persist_index();
+        let peers: Vec<EndpointId> = self.peers.keys().copied().collect();
+        for doc in to_send {
+            for peer in &peers {
+                self.push(*peer, doc);
+            }
+        }
+    }
+
+    fn persist_docs(&mut self, to_send: &mut BTreeSet<DocId>) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut batch = Batch::default();
+        let dirty = std::mem::take(&mut self.dirty);
+        for doc in &dirty {
+            let snapshot = self.store.wants_snapshot(*doc);
+            let prev = self.saved.get(doc).cloned();
+            let d = self.doc_mut(*doc);
+            let heads = d.get_heads();
+            if prev.as_ref() == Some(&heads) {
+                continue;
+            }
+            match prev {
+                Some(prev) if !snapshot => batch.changes.push((*doc, d.save_after(&prev))),
+                _ => batch.snapshots.push((*doc, d.save())),
+            }
+            self.saved.insert(*doc, heads);
+        }
+        if let Err(e) = self.store.commit(batch) {
+            // Keep them dirty: they are retried at the next flush and not sent before.
+            warn!("could not persist changes: {e:#}");
+            self.dirty = dirty;
+            for doc in &self.dirty {
+                self.saved.remove(doc);
+            }
+            return;
+        }
+        to_send.extend(dirty);
+    }
+
+    fn persist_index(&mut self) {
+        if self.index_touched.is_empty() {
+            return;
+        }
+        let touched = std::mem::take(&mut self.index_touched);
+        let rows = touched.into_iter().map(|p| {
+            let e = self.index.get(&p).cloned();
+            (p, e)
+        });
+        let batch = Batch {
+            index: rows.collect(),
+            ..Default::default()
+        };
+        if let Err(e) = self.store.commit(batch) {
+            warn!("could not persist the index: {e:#}");
+        }
+    }
+}

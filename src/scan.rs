@@ -1,0 +1,627 @@
+//! Local side, inbound: what changed on disk since teatime last looked.
+//!
+//! The watcher only says *where* to look; this module decides *what* happened by comparing
+//! the disk with the index (what teatime last saw or wrote at each path). A missed or
+//! doubled event is therefore harmless, and a full scan is always correct.
+//!
+//! Unchanged files are recognised by metadata alone ([`Stat`]); only files whose metadata
+//! differ are read. A path that vanished and a path that appeared are the same entry
+//! moved when they share an inode (or, failing that, identical content): a rename is a
+//! rename, never a delete plus a create, so a peer's concurrent edit follows it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use teatime_crdt::path::{STATE_DIR, TEMP_PREFIX};
+use teatime_crdt::{DocId, EntryKind};
+
+use crate::store::{Index, IndexEntry, Stat};
+
+/// Files larger than this are not text documents (Automerge's memory cost per byte).
+pub const DEFAULT_TEXT_LIMIT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Where to look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The whole folder.
+    All,
+    /// These relative paths and everything below them.
+    Paths(BTreeSet<String>),
+}
+
+impl Scope {
+    fn contains(&self, path: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Paths(ps) => ps.iter().any(|p| is_within(path, p)),
+        }
+    }
+}
+
+/// Whether `path` is `dir` or below it.
+pub fn is_within(path: &str, dir: &str) -> bool {
+    path == dir
+        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+}
+
+/// Names teatime never syncs: its own state and temp files, `.git`, and the swap, backup
+/// and temp files editors write next to the real file.
+pub fn is_ignored_name(name: &str, at_root: bool) -> bool {
+    (at_root && name == STATE_DIR)
+        || name == ".git"
+        || name.starts_with(TEMP_PREFIX)
+        || name.ends_with(".swp")
+        || name.ends_with(".swx")
+        || name.ends_with('~')
+        || name.starts_with(".#")
+        || name == "4913"
+        || name.ends_with(".tmp")
+}
+
+/// Whether a relative path is ignored (any of its components is).
+pub fn is_ignored_path(rel: &str) -> bool {
+    rel.split('/')
+        .enumerate()
+        .any(|(i, c)| is_ignored_name(c, i == 0))
+}
+
+/// What is on disk at a path.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskEntry {
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Metadata.
+    pub stat: Stat,
+}
+
+/// Metadata of a path (not following symlinks), as a [`DiskEntry`], or `None` for
+/// anything that is not a regular file or directory.
+pub fn disk_entry(meta: &fs::Metadata) -> Option<DiskEntry> {
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File
+    } else {
+        return None;
+    };
+    Some(DiskEntry {
+        kind,
+        stat: stat_of(meta),
+    })
+}
+
+/// The [`Stat`] of a metadata record.
+pub fn stat_of(meta: &fs::Metadata) -> Stat {
+    Stat {
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+    }
+}
+
+/// Something teatime saw but does not sync, reported once per path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Relative path (lossy for non-UTF-8 names).
+    pub path: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Walks `scope` under `root`, never following symlinks.
+pub fn walk(root: &Path, scope: &Scope, skipped: &mut Vec<Skipped>) -> BTreeMap<String, DiskEntry> {
+    let mut out = BTreeMap::new();
+    match scope {
+        Scope::All => walk_dir(root, "", &mut out, skipped),
+        Scope::Paths(paths) => {
+            for rel in paths {
+                if is_ignored_path(rel) {
+                    continue;
+                }
+                let Ok(meta) = fs::symlink_metadata(root.join(rel)) else {
+                    continue;
+                };
+                match disk_entry(&meta) {
+                    Some(d) => {
+                        out.insert(rel.clone(), d);
+                        if d.kind == EntryKind::Dir {
+                            walk_dir(root, rel, &mut out, skipped);
+                        }
+                    }
+                    None => skipped.push(Skipped {
+                        path: rel.clone(),
+                        reason: "not a regular file or directory",
+                    }),
+                }
+            }
+        }
+    }
+    out
+}
+
+fn walk_dir(
+    root: &Path,
+    rel: &str,
+    out: &mut BTreeMap<String, DiskEntry>,
+    skipped: &mut Vec<Skipped>,
+) {
+    let Ok(rd) = fs::read_dir(root.join(rel)) else {
+        return;
+    };
+    for dent in rd.flatten() {
+        let name = dent.file_name();
+        let Some(name) = name.to_str() else {
+            skipped.push(Skipped {
+                path: join(rel, &name.to_string_lossy()),
+                reason: "file name is not valid UTF-8",
+            });
+            continue;
+        };
+        if is_ignored_name(name, rel.is_empty()) {
+            continue;
+        }
+        let child = join(rel, name);
+        let Ok(meta) = dent.metadata() else { continue };
+        match disk_entry(&meta) {
+            Some(d) => {
+                out.insert(child.clone(), d);
+                if d.kind == EntryKind::Dir {
+                    walk_dir(root, &child, out, skipped);
+                }
+            }
+            None => skipped.push(Skipped {
+                path: child,
+                reason: "symlink or special file (never followed)",
+            }),
+        }
+    }
+}
+
+/// `dir/name`, or `name` at the root.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The parent directory of a relative path (`""` for the root).
+pub fn parent_of(path: &str) -> &str {
+    path.rfind('/').map(|i| &path[..i]).unwrap_or("")
+}
+
+/// The last component of a relative path.
+pub fn name_of(path: &str) -> &str {
+    path.rfind('/').map(|i| &path[i + 1..]).unwrap_or(path)
+}
+
+/// A local change, to be recorded in the folder (in this order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalOp {
+    /// A new directory.
+    CreateDir { id: DocId, path: String, stat: Stat },
+    /// A new text file.
+    CreateFile {
+        id: DocId,
+        path: String,
+        content: String,
+        stat: Stat,
+        hash: [u8; 32],
+    },
+    /// An entry moved or renamed (a directory carries its subtree).
+    Move { id: DocId, from: String, to: String },
+    /// A file's content changed.
+    Edit {
+        id: DocId,
+        path: String,
+        content: String,
+        stat: Stat,
+        hash: [u8; 32],
+    },
+    /// Metadata changed, content did not: only the index learns it.
+    Touch { path: String, stat: Stat },
+    /// An entry vanished.
+    Delete { id: DocId, path: String },
+}
+
+/// The result of comparing disk with the index.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Changes to record, in order.
+    pub ops: Vec<LocalOp>,
+    /// Files that changed while being read: look again later.
+    pub unstable: Vec<String>,
+    /// Files seen and not synced.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Content read from a file, if it is text.
+enum Read_ {
+    Text {
+        content: String,
+        stat: Stat,
+        hash: [u8; 32],
+    },
+    NotText(&'static str),
+    Unstable,
+    Gone,
+}
+
+/// Reads a file whole if it is a text file, checking that it did not change meanwhile
+/// (a writer still appending must not be ingested half-written).
+fn read_text(root: &Path, rel: &str, text_limit: u64) -> Read_ {
+    let path = root.join(rel);
+    let Ok(mut f) = fs::File::open(&path) else {
+        return Read_::Gone;
+    };
+    let Ok(before) = f.metadata() else {
+        return Read_::Gone;
+    };
+    if !before.is_file() {
+        return Read_::Gone;
+    }
+    if before.len() > text_limit {
+        return Read_::NotText("larger than the text size limit");
+    }
+    let mut bytes = Vec::with_capacity(before.len() as usize);
+    if f.by_ref()
+        .take(text_limit + 1)
+        .read_to_end(&mut bytes)
+        .is_err()
+    {
+        return Read_::Unstable;
+    }
+    let Ok(after) = fs::symlink_metadata(&path) else {
+        return Read_::Gone;
+    };
+    if stat_of(&before) != stat_of(&after) || bytes.len() as u64 != after.len() {
+        return Read_::Unstable;
+    }
+    if bytes.contains(&0) {
+        return Read_::NotText("binary (contains NUL bytes)");
+    }
+    let hash = *blake3::hash(&bytes).as_bytes();
+    match String::from_utf8(bytes) {
+        Ok(content) => Read_::Text {
+            content,
+            stat: stat_of(&after),
+            hash,
+        },
+        Err(_) => Read_::NotText("not valid UTF-8"),
+    }
+}
+
+/// Compares what is on disk in `scope` with `index` and says what changed.
+/// `new_id` supplies ids for new entries.
+pub fn reconcile(
+    root: &Path,
+    index: &Index,
+    scope: &Scope,
+    text_limit: u64,
+    new_id: &mut dyn FnMut() -> DocId,
+) -> Reconciled {
+    let mut out = Reconciled::default();
+    let disk = walk(root, scope, &mut out.skipped);
+    let mut working = index.clone();
+
+    let on_disk_as = |path: &str, kind: EntryKind| disk.get(path).is_some_and(|d| d.kind == kind);
+
+    // Vanished entries that may turn out to be moves: by inode, and by content hash.
+    let mut gone_by_ino: BTreeMap<u64, String> = BTreeMap::new();
+    let mut gone_by_hash: BTreeMap<[u8; 32], String> = BTreeMap::new();
+    // Ignored index paths (e.g. an entry moved aside mid-materialisation) are never "gone".
+    let in_scope = |path: &str| scope.contains(path) && !is_ignored_path(path);
+    for (path, e) in index {
+        if in_scope(path) && !on_disk_as(path, e.kind) {
+            gone_by_ino.insert(e.stat.ino, path.clone());
+            if e.kind == EntryKind::File {
+                gone_by_hash.insert(e.hash, path.clone());
+            }
+        }
+    }
+
+    // New paths, parents first (BTreeMap order puts "a" before "a/b").
+    for (path, d) in &disk {
+        if working.get(path).is_some_and(|e| e.kind == d.kind) {
+            continue; // known (possibly just re-keyed by a directory move below)
+        }
+        if let Some(old) = gone_by_ino.get(&d.stat.ino).cloned()
+            && working.get(&old).is_some_and(|e| e.kind == d.kind)
+            && !on_disk_as(&old, d.kind)
+        {
+            gone_by_ino.remove(&d.stat.ino);
+            let id = working[&old].id;
+            move_in_index(&mut working, &old, path);
+            out.ops.push(LocalOp::Move {
+                id,
+                from: old,
+                to: path.clone(),
+            });
+            continue;
+        }
+        match d.kind {
+            EntryKind::Dir => {
+                let id = new_id();
+                working.insert(
+                    path.clone(),
+                    IndexEntry {
+                        id,
+                        kind: EntryKind::Dir,
+                        stat: d.stat,
+                        hash: [0; 32],
+                    },
+                );
+                out.ops.push(LocalOp::CreateDir {
+                    id,
+                    path: path.clone(),
+                    stat: d.stat,
+                });
+            }
+            EntryKind::File => match read_text(root, path, text_limit) {
+                Read_::Text {
+                    content,
+                    stat,
+                    hash,
+                } => {
+                    if let Some(old) = gone_by_hash.get(&hash).cloned()
+                        && working
+                            .get(&old)
+                            .is_some_and(|e| e.kind == EntryKind::File && e.hash == hash)
+                    {
+                        gone_by_hash.remove(&hash);
+                        let id = working[&old].id;
+                        move_in_index(&mut working, &old, path);
+                        if let Some(e) = working.get_mut(path) {
+                            e.stat = stat;
+                        }
+                        out.ops.push(LocalOp::Move {
+                            id,
+                            from: old,
+                            to: path.clone(),
+                        });
+                        out.ops.push(LocalOp::Touch {
+                            path: path.clone(),
+                            stat,
+                        });
+                        continue;
+                    }
+                    let id = new_id();
+                    working.insert(
+                        path.clone(),
+                        IndexEntry {
+                            id,
+                            kind: EntryKind::File,
+                            stat,
+                            hash,
+                        },
+                    );
+                    out.ops.push(LocalOp::CreateFile {
+                        id,
+                        path: path.clone(),
+                        content,
+                        stat,
+                        hash,
+                    });
+                }
+                Read_::NotText(reason) => out.skipped.push(Skipped {
+                    path: path.clone(),
+                    reason,
+                }),
+                Read_::Unstable => out.unstable.push(path.clone()),
+                Read_::Gone => {}
+            },
+        }
+    }
+
+    // Known paths whose metadata changed: read and compare content.
+    for (path, d) in &disk {
+        let Some(e) = working.get(path) else { continue };
+        if e.kind != d.kind || e.kind == EntryKind::Dir || e.stat == d.stat {
+            continue;
+        }
+        let id = e.id;
+        let old_hash = e.hash;
+        match read_text(root, path, text_limit) {
+            Read_::Text {
+                content,
+                stat,
+                hash,
+            } => {
+                if hash == old_hash {
+                    out.ops.push(LocalOp::Touch {
+                        path: path.clone(),
+                        stat,
+                    });
+                } else {
+                    out.ops.push(LocalOp::Edit {
+                        id,
+                        path: path.clone(),
+                        content,
+                        stat,
+                        hash,
+                    });
+                }
+                if let Some(e) = working.get_mut(path) {
+                    e.stat = stat;
+                    e.hash = hash;
+                }
+            }
+            // A text file that became binary keeps its entry: never delete because of a
+            // classification change; it simply stops updating.
+            Read_::NotText(reason) => out.skipped.push(Skipped {
+                path: path.clone(),
+                reason,
+            }),
+            Read_::Unstable => out.unstable.push(path.clone()),
+            Read_::Gone => {}
+        }
+    }
+
+    // Whatever is still missing was deleted; children before parents.
+    let gone: Vec<(String, DocId)> = working
+        .iter()
+        .filter(|(p, e)| in_scope(p) && !on_disk_as(p, e.kind))
+        .map(|(p, e)| (p.clone(), e.id))
+        .collect();
+    for (path, id) in gone.into_iter().rev() {
+        out.ops.push(LocalOp::Delete { id, path });
+    }
+    out
+}
+
+/// Re-keys an index entry and everything below it from `from` to `to`.
+pub fn move_in_index(index: &mut Index, from: &str, to: &str) {
+    let moved: Vec<String> = index
+        .range(from.to_string()..)
+        .map(|(k, _)| k.clone())
+        .take_while(|k| k.as_str() == from || k.starts_with(from))
+        .filter(|k| is_within(k, from))
+        .collect();
+    for old in moved {
+        if let Some(e) = index.remove(&old) {
+            index.insert(format!("{to}{}", &old[from.len()..]), e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> impl FnMut() -> DocId {
+        let mut n = 0u8;
+        move || {
+            n += 1;
+            DocId([n; 16])
+        }
+    }
+
+    fn apply(index: &mut Index, ops: &[LocalOp]) {
+        for op in ops {
+            match op {
+                LocalOp::CreateDir { id, path, stat } => {
+                    index.insert(
+                        path.clone(),
+                        IndexEntry {
+                            id: *id,
+                            kind: EntryKind::Dir,
+                            stat: *stat,
+                            hash: [0; 32],
+                        },
+                    );
+                }
+                LocalOp::CreateFile {
+                    id,
+                    path,
+                    stat,
+                    hash,
+                    ..
+                }
+                | LocalOp::Edit {
+                    id,
+                    path,
+                    stat,
+                    hash,
+                    ..
+                } => {
+                    index.insert(
+                        path.clone(),
+                        IndexEntry {
+                            id: *id,
+                            kind: EntryKind::File,
+                            stat: *stat,
+                            hash: *hash,
+                        },
+                    );
+                }
+                LocalOp::Move { from, to, .. } => move_in_index(index, from, to),
+                LocalOp::Touch { path, stat } => index.get_mut(path).unwrap().stat = *stat,
+                LocalOp::Delete { path, .. } => {
+                    index.remove(path);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn create_edit_move_delete_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("d/sub")).unwrap();
+        fs::write(root.join("d/sub/a.md"), "one").unwrap();
+        fs::write(root.join("b.md"), "two").unwrap();
+        fs::write(root.join("bin"), [0u8, 1, 2]).unwrap();
+        fs::write(root.join("x.swp"), "swap").unwrap();
+        let mut new_id = ids();
+        let mut index = Index::new();
+        let r = reconcile(
+            root,
+            &index,
+            &Scope::All,
+            DEFAULT_TEXT_LIMIT_BYTES,
+            &mut new_id,
+        );
+        assert_eq!(r.ops.len(), 4, "{:?}", r.ops);
+        assert_eq!(r.skipped.len(), 1);
+        apply(&mut index, &r.ops);
+
+        // Nothing changed: nothing to do, nothing read.
+        let r = reconcile(
+            root,
+            &index,
+            &Scope::All,
+            DEFAULT_TEXT_LIMIT_BYTES,
+            &mut new_id,
+        );
+        assert!(r.ops.is_empty(), "{:?}", r.ops);
+
+        // Directory rename: one move, children follow.
+        fs::rename(root.join("d"), root.join("e")).unwrap();
+        // Atomic save of b.md: new inode at the same path is an edit.
+        fs::write(root.join("b.tmp2"), "two!").unwrap();
+        fs::rename(root.join("b.tmp2"), root.join("b.md")).unwrap();
+        let r = reconcile(
+            root,
+            &index,
+            &Scope::All,
+            DEFAULT_TEXT_LIMIT_BYTES,
+            &mut new_id,
+        );
+        assert!(
+            matches!(&r.ops[0], LocalOp::Move { from, to, .. } if from == "d" && to == "e"),
+            "{:?}",
+            r.ops
+        );
+        assert!(
+            matches!(&r.ops[1], LocalOp::Edit { path, content, .. } if path == "b.md" && content == "two!"),
+            "{:?}",
+            r.ops
+        );
+        assert_eq!(r.ops.len(), 2, "{:?}", r.ops);
+        apply(&mut index, &r.ops);
+
+        fs::remove_dir_all(root.join("e")).unwrap();
+        let r = reconcile(
+            root,
+            &index,
+            &Scope::Paths(["e".to_string()].into()),
+            DEFAULT_TEXT_LIMIT_BYTES,
+            &mut new_id,
+        );
+        let deleted: Vec<&str> = r
+            .ops
+            .iter()
+            .map(|op| match op {
+                LocalOp::Delete { path, .. } => path.as_str(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(deleted, ["e/sub/a.md", "e/sub", "e"]);
+    }
+}

@@ -1,0 +1,295 @@
+//! A folder's persistent state: one redb file at `DIR/.teatime/state.redb`.
+//!
+//! Tables (all keys and values are bytes or strings; layouts documented per table):
+//!
+//! | table          | key                           | value                                    |
+//! |----------------|-------------------------------|------------------------------------------|
+//! | `meta_v1`      | name (`folder_id`, `secret`, `actor`) | raw bytes                        |
+//! | `docs_v1`      | doc id (16 bytes)             | Automerge `save()` snapshot              |
+//! | `changes_v1`   | doc id (16) ‖ seq (u64 BE)    | Automerge changes saved after the snapshot |
+//! | `index_v1`     | relative path (`/`-joined)    | postcard [`IndexEntry`]: what teatime last saw or wrote there |
+//! | `peers_v1`     | endpoint id (string)          | postcard `EndpointAddr`: where it was last reachable |
+//!
+//! A document is its snapshot plus its changes in `seq` order; after
+//! [`MAX_CHANGE_CHUNKS`] chunks it is compacted back into one snapshot.
+//! redb refuses to open a file twice, so the database doubles as the folder's
+//! single-instance lock. Every commit is `Durability::Immediate`: a change is on disk
+//! before it is sent to any peer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use teatime_crdt::{DocId, EntryKind};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
+const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_v1");
+const CHANGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("changes_v1");
+const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index_v1");
+const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers_v1");
+
+/// After this many incremental chunks a document is rewritten as one snapshot, so that
+/// loading never replays a long tail of small changes.
+pub const MAX_CHANGE_CHUNKS: u64 = 256;
+
+/// File metadata used to tell "unchanged" without reading the file. Any difference means
+/// "maybe changed, read it"; nothing is inferred from one value being newer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Stat {
+    /// Inode number.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i128,
+    /// Status change time, ns since the epoch (catches same-size edits within one mtime tick).
+    pub ctime_ns: i128,
+}
+
+/// What teatime last saw (or wrote) at a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The folder entry living at that path.
+    pub id: DocId,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Metadata when last seen.
+    pub stat: Stat,
+    /// BLAKE3 of the content when last seen (files only).
+    pub hash: [u8; 32],
+}
+
+/// The local index: path -> what is there, as teatime last recorded it.
+pub type Index = BTreeMap<String, IndexEntry>;
+
+/// One folder's database.
+pub struct Store {
+    db: Database,
+    /// Next change sequence number, and chunks since the last snapshot, per document.
+    chunks: HashMap<DocId, (u64, u64)>,
+}
+
+/// Everything read at startup.
+pub struct Loaded {
+    /// Documents as (snapshot, changes in order).
+    pub docs: Vec<(DocId, Vec<u8>, Vec<Vec<u8>>)>,
+    /// The local index.
+    pub index: Index,
+}
+
+/// A batch of writes committed together.
+#[derive(Default)]
+pub struct Batch {
+    /// Documents saved whole (replaces snapshot, drops changes).
+    pub snapshots: Vec<(DocId, Vec<u8>)>,
+    /// Incremental changes appended to a document.
+    pub changes: Vec<(DocId, Vec<u8>)>,
+    /// Index rows written (Some) or removed (None).
+    pub index: Vec<(String, Option<IndexEntry>)>,
+}
+
+impl Batch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.snapshots.is_empty() && self.changes.is_empty() && self.index.is_empty()
+    }
+}
+
+fn change_key(id: DocId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&id.0);
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn doc_id(bytes: &[u8]) -> Result<DocId> {
+    let arr: [u8; 16] = bytes.get(..16).context("short document key")?.try_into()?;
+    Ok(DocId(arr))
+}
+
+impl Store {
+    /// Opens (or creates) the database. Fails with a clear message if another teatime
+    /// process has it open.
+    pub fn open(path: &Path) -> Result<Store> {
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => anyhow::bail!(
+                "{} is in use by another teatime process (one process per folder)",
+                path.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        let tx = db.begin_write()?;
+        for t in [META, INDEX, PEERS] {
+            tx.open_table(t)?;
+        }
+        tx.open_table(DOCS)?;
+        tx.open_table(CHANGES)?;
+        tx.commit()?;
+        Ok(Store {
+            db,
+            chunks: HashMap::new(),
+        })
+    }
+
+    /// Reads a meta value.
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Writes meta values in one commit.
+    pub fn set_meta(&self, values: &[(&str, &[u8])]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(META)?;
+            for (k, v) in values {
+                t.insert(*k, *v)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reads every document and the index.
+    pub fn load(&mut self) -> Result<Loaded> {
+        let tx = self.db.begin_read()?;
+        let docs_t = tx.open_table(DOCS)?;
+        let changes_t = tx.open_table(CHANGES)?;
+        let mut docs = Vec::new();
+        for row in docs_t.iter()? {
+            let (k, v) = row?;
+            let id = doc_id(k.value())?;
+            let mut changes = Vec::new();
+            let mut next = 0;
+            let lo = change_key(id, 0);
+            let hi = change_key(id, u64::MAX);
+            for c in changes_t.range(lo.as_slice()..=hi.as_slice())? {
+                let (ck, cv) = c?;
+                next = u64::from_be_bytes(ck.value()[16..24].try_into()?) + 1;
+                changes.push(cv.value().to_vec());
+            }
+            self.chunks.insert(id, (next, changes.len() as u64));
+            docs.push((id, v.value().to_vec(), changes));
+        }
+        let mut index = Index::new();
+        for row in tx.open_table(INDEX)?.iter()? {
+            let (k, v) = row?;
+            let entry: IndexEntry = postcard::from_bytes(v.value()).context("index row")?;
+            index.insert(k.value().to_string(), entry);
+        }
+        Ok(Loaded { docs, index })
+    }
+
+    /// Whether `id` has grown enough incremental chunks to be rewritten as a snapshot.
+    pub fn wants_snapshot(&self, id: DocId) -> bool {
+        self.chunks
+            .get(&id)
+            .is_none_or(|(_, n)| *n >= MAX_CHANGE_CHUNKS)
+    }
+
+    /// Commits a batch durably.
+    pub fn commit(&mut self, batch: Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut docs = tx.open_table(DOCS)?;
+            let mut changes = tx.open_table(CHANGES)?;
+            for (id, bytes) in &batch.snapshots {
+                docs.insert(id.0.as_slice(), bytes.as_slice())?;
+                let lo = change_key(*id, 0);
+                let hi = change_key(*id, u64::MAX);
+                changes.retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
+                self.chunks.insert(*id, (0, 0));
+            }
+            for (id, bytes) in &batch.changes {
+                let (next, count) = self.chunks.entry(*id).or_insert((0, 0));
+                changes.insert(change_key(*id, *next).as_slice(), bytes.as_slice())?;
+                *next += 1;
+                *count += 1;
+            }
+            let mut index = tx.open_table(INDEX)?;
+            for (path, entry) in &batch.index {
+                match entry {
+                    Some(e) => {
+                        index.insert(path.as_str(), postcard::to_stdvec(e)?.as_slice())?;
+                    }
+                    None => {
+                        index.remove(path.as_str())?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Remembers where a peer was reachable.
+    pub fn save_peer(&self, id: &str, addr: &[u8]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(PEERS)?.insert(id, addr)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every peer address remembered.
+    pub fn peers(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PEERS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_changes_and_index_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let id = DocId([7; 16]);
+        {
+            let mut s = Store::open(&path).unwrap();
+            assert!(Store::open(&path).is_err(), "second open must be refused");
+            let entry = IndexEntry {
+                id,
+                kind: EntryKind::File,
+                stat: Stat::default(),
+                hash: [1; 32],
+            };
+            s.commit(Batch {
+                snapshots: vec![(id, b"snap".to_vec())],
+                changes: vec![(id, b"c0".to_vec()), (id, b"c1".to_vec())],
+                index: vec![("a.md".into(), Some(entry))],
+            })
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let loaded = s.load().unwrap();
+        assert_eq!(
+            loaded.docs,
+            vec![(id, b"snap".to_vec(), vec![b"c0".to_vec(), b"c1".to_vec()])]
+        );
+        assert_eq!(loaded.index["a.md"].hash, [1; 32]);
+        s.commit(Batch {
+            snapshots: vec![(id, b"snap2".to_vec())],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.load().unwrap().docs,
+            vec![(id, b"snap2".to_vec(), vec![])]
+        );
+    }
+}
