@@ -44,14 +44,15 @@ pub struct Materialized {
     pub errors: Vec<(String, io::Error)>,
 }
 
-/// Makes disk match `tree`. `text_of` renders a file's content (`None`: not arrived yet);
+/// Makes disk match `tree`. `text_of` renders a file's content and the heads it is at
+/// (`None`: not arrived yet);
 /// files are rewritten only when new at their path or when their document is in `changed`.
 pub fn materialize(
     root: &Path,
     tree: &Tree,
     index: &mut Index,
     changed: &HashSet<DocId>,
-    text_of: &dyn Fn(DocId) -> Option<String>,
+    text_of: &mut dyn FnMut(DocId) -> Option<(String, Vec<[u8; 32]>)>,
 ) -> Materialized {
     let mut m = Materialized::default();
 
@@ -73,11 +74,7 @@ pub fn materialize(
             Err(err) => m.errors.push((path.clone(), err)),
         }
     }
-    for (path, _) in doomed
-        .iter()
-        .rev()
-        .filter(|(_, e)| e.kind == EntryKind::Dir)
-    {
+    for (path, _) in doomed.iter().rev().filter(|(_, e)| e.kind == EntryKind::Dir) {
         match fs::remove_dir(root.join(path)) {
             Ok(()) => {
                 index.remove(path);
@@ -96,8 +93,7 @@ pub fn materialize(
     }
 
     // 2. Moves, parents first, then 3. creations and content, also parents first.
-    let mut where_is: HashMap<DocId, String> =
-        index.iter().map(|(p, e)| (e.id, p.clone())).collect();
+    let mut where_is: HashMap<DocId, String> = index.iter().map(|(p, e)| (e.id, p.clone())).collect();
     for (path, &(id, kind)) in &tree.by_path {
         if let Some(current) = where_is.get(&id).cloned()
             && current != *path
@@ -113,7 +109,9 @@ pub fn materialize(
                 let fresh = index.get(path).is_none_or(|e| e.id != id);
                 if fresh || changed.contains(&id) {
                     match text_of(id) {
-                        Some(text) => write_file(root, index, &mut m, path, id, text.as_bytes()),
+                        Some((text, heads)) => {
+                            write_file(root, index, &mut m, path, id, text.as_bytes(), heads)
+                        }
                         None => Ok(()),
                     }
                 } else {
@@ -144,11 +142,7 @@ fn move_entry(
     check_parents(root, to)?;
     if fs::symlink_metadata(root.join(to)).is_ok() {
         if index.contains_key(to) {
-            let aside = format!(
-                "{}/{TEMP_PREFIX}-mv.{:016x}",
-                parent_of(to),
-                rand::random::<u64>()
-            );
+            let aside = format!("{}/{TEMP_PREFIX}-mv.{:016x}", parent_of(to), rand::random::<u64>());
             let aside = aside.trim_start_matches('/').to_string();
             rename_in_index(root, index, where_is, m, to, &aside)?;
         } else {
@@ -169,11 +163,7 @@ fn rename_in_index(
 ) -> io::Result<()> {
     fs::rename(root.join(from), root.join(to))?;
     fsync_dir(&root.join(parent_of(to)));
-    let old_keys: Vec<String> = index
-        .keys()
-        .filter(|k| is_within(k, from))
-        .cloned()
-        .collect();
+    let old_keys: Vec<String> = index.keys().filter(|k| is_within(k, from)).cloned().collect();
     move_in_index(index, from, to);
     for k in old_keys {
         m.touched.insert(k.clone());
@@ -186,13 +176,7 @@ fn rename_in_index(
     Ok(())
 }
 
-fn ensure_dir(
-    root: &Path,
-    index: &mut Index,
-    m: &mut Materialized,
-    path: &str,
-    id: DocId,
-) -> io::Result<()> {
+fn ensure_dir(root: &Path, index: &mut Index, m: &mut Materialized, path: &str, id: DocId) -> io::Result<()> {
     if index.get(path).is_some_and(|e| e.id == id) {
         return Ok(());
     }
@@ -207,15 +191,7 @@ fn ensure_dir(
         Err(_) => fs::create_dir(&full)?,
     }
     let stat = stat_of(&fs::symlink_metadata(&full)?);
-    index.insert(
-        path.to_string(),
-        IndexEntry {
-            id,
-            kind: EntryKind::Dir,
-            stat,
-            hash: [0; 32],
-        },
-    );
+    index.insert(path.to_string(), IndexEntry { id, kind: EntryKind::Dir, stat, hash: [0; 32], heads: vec![] });
     m.touched.insert(path.to_string());
     Ok(())
 }
@@ -227,19 +203,24 @@ fn write_file(
     path: &str,
     id: DocId,
     bytes: &[u8],
+    heads: Vec<[u8; 32]>,
 ) -> io::Result<()> {
     let hash = *blake3::hash(bytes).as_bytes();
     let recorded = index.get(path).filter(|e| e.id == id).cloned();
-    if recorded.as_ref().is_some_and(|e| e.hash == hash) {
+    if let Some(e) = recorded.as_ref().filter(|e| e.hash == hash) {
+        // Same bytes (e.g. a merge that only touched another file): only the base moves.
+        if e.heads != heads {
+            index.insert(path.to_string(), IndexEntry { heads, ..e.clone() });
+            m.touched.insert(path.to_string());
+        }
         return Ok(());
     }
     check_parents(root, path)?;
     let full = root.join(path);
     let mode = match fs::symlink_metadata(&full) {
         Ok(meta) => {
-            let unchanged = recorded
-                .as_ref()
-                .is_some_and(|e| disk_entry(&meta).is_some_and(|d| d.stat == e.stat));
+            let unchanged =
+                recorded.as_ref().is_some_and(|e| disk_entry(&meta).is_some_and(|d| d.stat == e.stat));
             if !unchanged {
                 // Edited since we last looked, or not ours at all: ingest first.
                 m.local_first.insert(path.to_string());
@@ -251,24 +232,14 @@ fn write_file(
         Err(e) => return Err(e),
     };
     let stat = write_atomic(&full, bytes, mode)?;
-    index.insert(
-        path.to_string(),
-        IndexEntry {
-            id,
-            kind: EntryKind::File,
-            stat,
-            hash,
-        },
-    );
+    index.insert(path.to_string(), IndexEntry { id, kind: EntryKind::File, stat, hash, heads });
     m.touched.insert(path.to_string());
     Ok(())
 }
 
 /// Steps 2 to 5 of the module doc. Returns the new file's [`Stat`].
 pub fn write_atomic(target: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<Stat> {
-    let dir = target
-        .parent()
-        .ok_or_else(|| io::Error::other("target has no parent"))?;
+    let dir = target.parent().ok_or_else(|| io::Error::other("target has no parent"))?;
     let tmp = dir.join(format!("{TEMP_PREFIX}.{:016x}", rand::random::<u64>()));
     let result = (|| {
         let mut f = fs::OpenOptions::new()
@@ -321,10 +292,7 @@ fn check_parents(root: &Path, rel: &str) -> io::Result<()> {
         cur.push(comp);
         let meta = fs::symlink_metadata(&cur)?;
         if !meta.file_type().is_dir() {
-            return Err(io::Error::other(format!(
-                "{} is not a directory",
-                cur.display()
-            )));
+            return Err(io::Error::other(format!("{} is not a directory", cur.display())));
         }
     }
     Ok(())
@@ -346,11 +314,7 @@ pub fn remove_stale_temp_files(root: &Path) {
             let Ok(ft) = dent.file_type() else { continue };
             // Only write temps: an entry moved aside (`-mv.`) is tracked in the index and
             // is put in place by the next materialisation.
-            if name
-                .to_string_lossy()
-                .starts_with(&format!("{TEMP_PREFIX}."))
-                && ft.is_file()
-            {
+            if name.to_string_lossy().starts_with(&format!("{TEMP_PREFIX}.")) && ft.is_file() {
                 let _ = fs::remove_file(dent.path());
             } else if ft.is_dir() && name != teatime_crdt::path::STATE_DIR {
                 walk(&dent.path());

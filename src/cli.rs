@@ -15,23 +15,13 @@ use crate::node::{self, NodeOptions, Start};
 use crate::ticket::Ticket;
 
 #[derive(Parser)]
-#[command(
-    name = "teatime",
-    version,
-    about = "Keep a folder identical on several machines, peer to peer."
-)]
+#[command(name = "teatime", version, about = "Keep a folder identical on several machines, peer to peer.")]
 struct Cli {
     /// Node home: identity key, registry (default: the XDG data dir).
     #[arg(long, env = "TEATIME_HOME", global = true)]
     home: Option<PathBuf>,
     /// Where to look for peers.
-    #[arg(
-        long,
-        env = "TEATIME_NETWORK",
-        value_enum,
-        default_value = "internet",
-        global = true
-    )]
+    #[arg(long, env = "TEATIME_NETWORK", value_enum, default_value = "internet", global = true)]
     network: NetworkMode,
     /// A self-hosted iroh relay to use instead of the public ones.
     #[arg(long, env = "TEATIME_RELAY", global = true)]
@@ -111,10 +101,6 @@ pub fn main() -> ExitCode {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,teatime=info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,teatime=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

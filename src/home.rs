@@ -59,11 +59,7 @@ impl Home {
 
     /// The port bound last time, if any.
     pub fn last_port(&self) -> Option<u16> {
-        fs::read_to_string(self.dir.join("port"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        fs::read_to_string(self.dir.join("port")).ok()?.trim().parse().ok()
     }
 
     /// Remembers the bound port.
@@ -80,10 +76,7 @@ impl Home {
         if current.lines().any(|l| l == line) {
             return Ok(());
         }
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(&path)?;
         writeln!(f, "{line}")?;
         Ok(())
     }

@@ -68,11 +68,9 @@ const META_SECRET: &str = "secret";
 const META_ACTOR: &str = "actor";
 
 fn read_identity(store: &Store) -> Result<Option<Identity>> {
-    let (Some(folder), Some(secret), Some(actor)) = (
-        store.meta(META_FOLDER)?,
-        store.meta(META_SECRET)?,
-        store.meta(META_ACTOR)?,
-    ) else {
+    let (Some(folder), Some(secret), Some(actor)) =
+        (store.meta(META_FOLDER)?, store.meta(META_SECRET)?, store.meta(META_ACTOR)?)
+    else {
         return Ok(None);
     };
     Ok(Some(Identity {
@@ -95,18 +93,13 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
     if matches!(start, Start::Join(_)) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let root = dir
-        .canonicalize()
-        .with_context(|| format!("{} is not a directory", dir.display()))?;
+    let root = dir.canonicalize().with_context(|| format!("{} is not a directory", dir.display()))?;
     if !root.is_dir() {
         bail!("{} is not a directory", root.display());
     }
     let state_dir = root.join(STATE_DIR);
     if matches!(start, Start::Sync) && !state_dir.is_dir() {
-        bail!(
-            "{} is not a teatime folder yet: run `teatime share` or `teatime join` first",
-            root.display()
-        );
+        bail!("{} is not a teatime folder yet: run `teatime share` or `teatime join` first", root.display());
     }
     std::fs::create_dir_all(&state_dir)?;
     let store = Store::open(&state_dir.join("state.redb"))?;
@@ -125,26 +118,16 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
             )
         }
         (Some(id), _) => id,
-        (None, Start::Sync) => bail!(
-            "{} has no saved folder state; share or join it first",
-            root.display()
-        ),
+        (None, Start::Sync) => bail!("{} has no saved folder state; share or join it first", root.display()),
         (None, Start::Share) => {
             created = true;
-            let id = Identity {
-                folder: DocId(rand::random()),
-                secret: rand::random(),
-                actor: ActorId::random(),
-            };
+            let id =
+                Identity { folder: DocId(rand::random()), secret: rand::random(), actor: ActorId::random() };
             write_identity(&store, &id)?;
             id
         }
         (None, Start::Join(t)) => {
-            let id = Identity {
-                folder: t.folder,
-                secret: t.secret,
-                actor: ActorId::random(),
-            };
+            let id = Identity { folder: t.folder, secret: t.secret, actor: ActorId::random() };
             write_identity(&store, &id)?;
             store.save_peer(&t.addr.id.to_string(), &postcard::to_stdvec(&t.addr)?)?;
             id
@@ -159,25 +142,17 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
     let links = Arc::new(Links::default());
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
     let (dial_tx, dial_rx) = mpsc::channel(DIAL_QUEUE_CAPACITY);
-    let access = FolderAccess {
-        secret: identity.secret,
-        inbox: inbox_tx.clone(),
-        links,
-    };
+    let access = FolderAccess { secret: identity.secret, inbox: inbox_tx.clone(), links };
     let hub = Hub {
         endpoint: endpoint.clone(),
         name: opts.name.clone(),
         folders: Arc::new(RwLock::new(HashMap::from([(identity.folder, access)]))),
     };
-    let router = Router::builder(endpoint.clone())
-        .accept(ALPN, hub.clone())
-        .spawn();
+    let router = Router::builder(endpoint.clone()).accept(ALPN, hub.clone()).spawn();
 
     if matches!(start, Start::Share) {
         if opts.network == NetworkMode::Internet
-            && tokio::time::timeout(ONLINE_TIMEOUT, endpoint.online())
-                .await
-                .is_err()
+            && tokio::time::timeout(ONLINE_TIMEOUT, endpoint.online()).await.is_err()
         {
             warn!("no relay reachable yet; the ticket holds direct addresses only");
         }
@@ -193,14 +168,7 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
     }
 
     let folder_id = identity.folder;
-    let mut replica = Replica::open(
-        root.clone(),
-        store,
-        identity,
-        me,
-        opts.name.clone(),
-        dial_tx.clone(),
-    )?;
+    let mut replica = Replica::open(root.clone(), store, identity, me, opts.name.clone(), dial_tx.clone())?;
     if created {
         replica.create_folder()?;
     }
@@ -213,15 +181,11 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
     let cancel = CancellationToken::new();
     let replica_thread = {
         let cancel = cancel.clone();
-        std::thread::Builder::new()
-            .name("replica".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(replica.run(inbox_rx, cancel));
-                anyhow::Ok(())
-            })?
+        std::thread::Builder::new().name("replica".into()).spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(replica.run(inbox_rx, cancel));
+            anyhow::Ok(())
+        })?
     };
     let dialer = tokio::spawn(run_dialer(hub, folder_id, dial_rx, cancel.clone()));
 

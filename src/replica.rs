@@ -153,8 +153,7 @@ impl Replica {
                 .with_context(|| format!("loading document {doc_id}"))?
                 .with_actor(id.actor.clone());
             for chunk in changes {
-                doc.load_incremental(&chunk)
-                    .with_context(|| format!("loading changes of {doc_id}"))?;
+                doc.load_incremental(&chunk).with_context(|| format!("loading changes of {doc_id}"))?;
             }
             saved.insert(doc_id, doc.get_heads());
             if doc_id == id.folder {
@@ -163,8 +162,8 @@ impl Replica {
                 files.insert(doc_id, FileDoc::from_doc(doc));
             }
         }
-        let folder = folder
-            .unwrap_or_else(|| FolderDoc::from_doc(AutoCommit::new().with_actor(id.actor.clone())));
+        let folder =
+            folder.unwrap_or_else(|| FolderDoc::from_doc(AutoCommit::new().with_actor(id.actor.clone())));
         Ok(Replica {
             root,
             store,
@@ -188,8 +187,7 @@ impl Replica {
 
     /// Creates the folder document for a folder shared from here (first share only).
     pub fn create_folder(&mut self) -> Result<()> {
-        self.folder =
-            FolderDoc::create(self.id.actor.clone(), &self.me.to_string(), &self.my_name)?;
+        self.folder = FolderDoc::create(self.id.actor.clone(), &self.me.to_string(), &self.my_name)?;
         self.dirty.insert(self.id.folder);
         Ok(())
     }
@@ -213,10 +211,7 @@ impl Replica {
         }
         self.flush();
         loop {
-            let wake = self
-                .pending
-                .as_ref()
-                .map(|(_, quiet, _)| tokio::time::Instant::from_std(*quiet));
+            let wake = self.pending.as_ref().map(|(_, quiet, _)| tokio::time::Instant::from_std(*quiet));
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -250,10 +245,9 @@ impl Replica {
     fn known_peer_addrs(&self) -> Vec<(EndpointId, EndpointAddr)> {
         let mut out = Vec::new();
         for (id, bytes) in self.store.peers().unwrap_or_default() {
-            if let (Ok(id), Ok(addr)) = (
-                id.parse::<EndpointId>(),
-                postcard::from_bytes::<EndpointAddr>(&bytes),
-            ) && id != self.me
+            if let (Ok(id), Ok(addr)) =
+                (id.parse::<EndpointId>(), postcard::from_bytes::<EndpointAddr>(&bytes))
+                && id != self.me
             {
                 out.push((id, addr));
             }
@@ -281,25 +275,15 @@ impl Replica {
     fn handle(&mut self, ev: Event) {
         match ev {
             Event::Hint(scope) => self.hint(scope),
-            Event::PeerUp {
-                peer,
-                name,
-                addr,
-                conn_id,
-                dialed_by_me,
-                outbox,
-                conn,
-            } => self.peer_up(peer, name, addr, conn_id, dialed_by_me, outbox, conn),
+            Event::PeerUp { peer, name, addr, conn_id, dialed_by_me, outbox, conn } => {
+                self.peer_up(peer, name, addr, conn_id, dialed_by_me, outbox, conn)
+            }
             Event::PeerDown { peer, conn_id } => {
                 if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.peers.remove(&peer);
                 }
             }
-            Event::Frame {
-                peer,
-                conn_id,
-                frame,
-            } => {
+            Event::Frame { peer, conn_id, frame } => {
                 if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.frame(peer, frame);
                 }
@@ -319,59 +303,40 @@ impl Replica {
         conn: Connection,
     ) {
         if let Some(existing) = self.peers.get(&peer) {
+            // Same dialer: the peer reconnected and the old session is stale (e.g. the
+            // peer crashed and QUIC has not timed out yet): the new one wins.
             // Both sides dialed at once: keep the session dialed by the smaller id, so
             // both ends pick the same one.
             let keep_dialed_by_me = self.me < peer;
-            if existing.dialed_by_me == keep_dialed_by_me || dialed_by_me != keep_dialed_by_me {
+            if existing.dialed_by_me != dialed_by_me && dialed_by_me != keep_dialed_by_me {
                 conn.close(2u32.into(), b"duplicate session");
                 return;
             }
-            existing.conn.close(2u32.into(), b"duplicate session");
+            existing.conn.close(2u32.into(), b"replaced by a newer session");
         }
-        if let Err(e) = self.store.save_peer(
-            &peer.to_string(),
-            &postcard::to_stdvec(&addr).unwrap_or_default(),
-        ) {
+        if let Err(e) =
+            self.store.save_peer(&peer.to_string(), &postcard::to_stdvec(&addr).unwrap_or_default())
+        {
             warn!("could not remember peer address: {e:#}");
         }
         if self.folder.is_ready() && !self.folder.members().contains_key(&peer.to_string()) {
             info!(peer = %peer.fmt_short(), %name, "new member joined");
-            if self
-                .folder
-                .add_member(&peer.to_string(), &name, "writer")
-                .is_ok()
-            {
+            if self.folder.add_member(&peer.to_string(), &name, "writer").is_ok() {
                 self.folder.commit();
                 self.dirty.insert(self.id.folder);
             }
         }
-        let link = Link {
-            conn_id,
-            dialed_by_me,
-            outbox,
-            conn,
-            addr,
-            known: HashMap::new(),
-        };
+        let link = Link { conn_id, dialed_by_me, outbox, conn, addr, known: HashMap::new() };
         self.peers.insert(peer, link);
-        let summary = Frame::Summary {
-            docs: self.summary(),
-        };
-        let peers = Frame::Peers {
-            peers: self.peers.values().map(|l| l.addr.clone()).collect(),
-        };
+        let summary = Frame::Summary { docs: self.summary() };
+        let peers = Frame::Peers { peers: self.peers.values().map(|l| l.addr.clone()).collect() };
         self.send(peer, summary);
         self.send(peer, peers);
         // Tell the others about the newcomer, so the folder becomes a mesh.
-        let newcomer = self.peers[&peer].addr.clone();
+        let Some(newcomer) = self.peers.get(&peer).map(|l| l.addr.clone()) else { return };
         let others: Vec<EndpointId> = self.peers.keys().filter(|p| **p != peer).copied().collect();
         for other in others {
-            self.send(
-                other,
-                Frame::Peers {
-                    peers: vec![newcomer.clone()],
-                },
-            );
+            self.send(other, Frame::Peers { peers: vec![newcomer.clone()] });
         }
     }
 
@@ -419,9 +384,8 @@ impl Replica {
                     if doc == self.id.folder && !self.folder.is_ready() {
                         continue;
                     }
-                    let their_heads: Option<Vec<ChangeHash>> = theirs
-                        .get(&doc)
-                        .map(|h| h.iter().map(|b| ChangeHash(*b)).collect());
+                    let their_heads: Option<Vec<ChangeHash>> =
+                        theirs.get(&doc).map(|h| h.iter().map(|b| ChangeHash(*b)).collect());
                     if let Some(link) = self.peers.get_mut(&peer) {
                         match their_heads {
                             Some(h) => link.known.insert(doc, h),
@@ -453,10 +417,9 @@ impl Replica {
             Frame::Peers { peers } => {
                 for addr in peers {
                     if addr.id != self.me && !self.peers.contains_key(&addr.id) {
-                        let _ = self.store.save_peer(
-                            &addr.id.to_string(),
-                            &postcard::to_stdvec(&addr).unwrap_or_default(),
-                        );
+                        let _ = self
+                            .store
+                            .save_peer(&addr.id.to_string(), &postcard::to_stdvec(&addr).unwrap_or_default());
                         let _ = self.dial.try_send(addr);
                     }
                 }
@@ -478,15 +441,9 @@ impl Replica {
         let data = match known {
             // Only heads we have can bound what to send; unknown ones are theirs to send us.
             Some(k) => {
-                let base: Vec<ChangeHash> = k
-                    .into_iter()
-                    .filter(|h| d.get_change_by_hash(h).is_some())
-                    .collect();
-                if base.is_empty() {
-                    d.save()
-                } else {
-                    d.save_after(&base)
-                }
+                let base: Vec<ChangeHash> =
+                    k.into_iter().filter(|h| d.get_change_by_hash(h).is_some()).collect();
+                if base.is_empty() { d.save() } else { d.save_after(&base) }
             }
             None => d.save(),
         };
@@ -509,13 +466,7 @@ impl Replica {
 
     fn scan(&mut self, scope: Scope) {
         let mut new_id = || DocId(rand::random());
-        let r = scan::reconcile(
-            &self.root,
-            &self.index,
-            &scope,
-            self.text_limit,
-            &mut new_id,
-        );
+        let r = scan::reconcile(&self.root, &self.index, &scope, self.text_limit, &mut new_id);
         for s in r.skipped {
             if self.reported.insert(format!("{}\0{}", s.path, s.reason)) {
                 info!(path = %s.path, "not synced: {}", s.reason);
@@ -534,11 +485,7 @@ impl Replica {
 
     fn parent_id(&self, path: &str) -> Option<DocId> {
         let parent = parent_of(path);
-        if parent.is_empty() {
-            None
-        } else {
-            self.index.get(parent).map(|e| e.id)
-        }
+        if parent.is_empty() { None } else { self.index.get(parent).map(|e| e.id) }
     }
 
     /// Records one local change in the documents and the index.
@@ -546,99 +493,59 @@ impl Replica {
         debug!(?op, "local change");
         match op {
             LocalOp::CreateDir { id, path, stat } => {
-                self.folder.create_entry(
-                    id,
-                    self.parent_id(&path),
-                    name_of(&path),
-                    EntryKind::Dir,
-                )?;
+                let parent = self.parent_id(&path);
+                self.folder.create_entry(id, parent, name_of(&path), EntryKind::Dir)?;
                 self.dirty.insert(self.id.folder);
-                self.set_index(
-                    path,
-                    IndexEntry {
-                        id,
-                        kind: EntryKind::Dir,
-                        stat,
-                        hash: [0; 32],
-                    },
-                );
+                let entry = IndexEntry { id, kind: EntryKind::Dir, stat, hash: [0; 32], heads: vec![] };
+                self.set_index(path, entry);
             }
-            LocalOp::CreateFile {
-                id,
-                path,
-                content,
-                stat,
-                hash,
-            } => {
-                let file = FileDoc::create(self.id.actor.clone(), &content)?;
+            LocalOp::CreateFile { id, path, content, stat, hash } => {
+                let mut file = FileDoc::create(self.id.actor.clone(), &content)?;
+                let heads = hashes(&file.heads());
                 self.files.insert(id, file);
-                self.folder.create_entry(
-                    id,
-                    self.parent_id(&path),
-                    name_of(&path),
-                    EntryKind::File,
-                )?;
+                let parent = self.parent_id(&path);
+                self.folder.create_entry(id, parent, name_of(&path), EntryKind::File)?;
                 self.dirty.extend([id, self.id.folder]);
-                self.set_index(
-                    path,
-                    IndexEntry {
-                        id,
-                        kind: EntryKind::File,
-                        stat,
-                        hash,
-                    },
-                );
+                let entry = IndexEntry { id, kind: EntryKind::File, stat, hash, heads };
+                self.set_index(path, entry);
             }
             LocalOp::Move { id, from, to } => {
-                let old_keys: Vec<String> = self
-                    .index
-                    .keys()
-                    .filter(|k| scan::is_within(k, &from))
-                    .cloned()
-                    .collect();
+                let within = |index: &Index, dir: &str| -> Vec<String> {
+                    index.keys().filter(|k| scan::is_within(k, dir)).cloned().collect()
+                };
+                let old_keys = within(&self.index, &from);
                 move_in_index(&mut self.index, &from, &to);
-                let new_keys: Vec<String> = self
-                    .index
-                    .keys()
-                    .filter(|k| scan::is_within(k, &to))
-                    .cloned()
-                    .collect();
-                self.index_touched
-                    .extend(old_keys.into_iter().chain(new_keys));
-                self.folder
-                    .move_entry(id, self.parent_id(&to), name_of(&to))?;
+                let new_keys = within(&self.index, &to);
+                self.index_touched.extend(old_keys.into_iter().chain(new_keys));
+                self.folder.move_entry(id, self.parent_id(&to), name_of(&to))?;
                 // A move of something a peer deleted meanwhile brings it back: nothing lost.
                 self.folder.set_deleted(id, false)?;
                 self.dirty.insert(self.id.folder);
             }
-            LocalOp::Edit {
-                id,
-                path,
-                content,
-                stat,
-                hash,
-            } => {
-                let file = self
-                    .files
-                    .get_mut(&id)
-                    .context("edited file has no document")?;
-                if file.ingest(&content, Instant::now() + INGEST_BUDGET)? {
+            LocalOp::Edit { id, path, content, stat, hash } => {
+                // The disk content derives from the version last read or written here.
+                let base: Vec<ChangeHash> = self
+                    .index
+                    .get(&path)
+                    .map(|e| e.heads.iter().map(|h| ChangeHash(*h)).collect())
+                    .unwrap_or_default();
+                let file = self.files.get_mut(&id).context("edited file has no document")?;
+                let merged_with_remote = base != file.heads();
+                if file.ingest_from(&content, &base, Instant::now() + INGEST_BUDGET)? {
                     self.dirty.insert(id);
+                }
+                let heads = hashes(&file.heads());
+                if merged_with_remote {
+                    // The disk holds only the local side: write the merged text back.
+                    self.remote_changed.insert(id);
                 }
                 // An edit beats a concurrent delete: the file comes back.
                 if self.folder.entry(id).is_some_and(|e| e.deleted) {
                     self.folder.set_deleted(id, false)?;
                     self.dirty.insert(self.id.folder);
                 }
-                self.set_index(
-                    path,
-                    IndexEntry {
-                        id,
-                        kind: EntryKind::File,
-                        stat,
-                        hash,
-                    },
-                );
+                let entry = IndexEntry { id, kind: EntryKind::File, stat, hash, heads };
+                self.set_index(path, entry);
             }
             LocalOp::Touch { path, stat } => {
                 if let Some(mut e) = self.index.get(&path).cloned() {
@@ -671,9 +578,12 @@ impl Replica {
             }
             let changed = std::mem::take(&mut self.remote_changed);
             let tree = render(&self.folder.entries());
-            let files = &self.files;
-            let text_of = |id: DocId| files.get(&id).and_then(|f| f.text());
-            let m = materialize(&self.root, &tree, &mut self.index, &changed, &text_of);
+            let files = &mut self.files;
+            let mut text_of = |id: DocId| {
+                let f = files.get_mut(&id)?;
+                Some((f.text()?, hashes(&f.heads())))
+            };
+            let m = materialize(&self.root, &tree, &mut self.index, &changed, &mut text_of);
             self.index_touched.extend(m.touched);
             for (path, err) in m.errors {
                 warn!(%path, "could not apply a remote change: {err}");
@@ -737,10 +647,7 @@ impl Replica {
             let e = self.index.get(&p).cloned();
             (p, e)
         });
-        let batch = Batch {
-            index: rows.collect(),
-            ..Default::default()
-        };
+        let batch = Batch { index: rows.collect(), ..Default::default() };
         if let Err(e) = self.store.commit(batch) {
             warn!("could not persist the index: {e:#}");
         }

@@ -43,8 +43,7 @@ impl Scope {
 
 /// Whether `path` is `dir` or below it.
 pub fn is_within(path: &str, dir: &str) -> bool {
-    path == dir
-        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+    path == dir || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
 /// Names teatime never syncs: its own state and temp files, `.git`, and the swap, backup
@@ -63,9 +62,7 @@ pub fn is_ignored_name(name: &str, at_root: bool) -> bool {
 
 /// Whether a relative path is ignored (any of its components is).
 pub fn is_ignored_path(rel: &str) -> bool {
-    rel.split('/')
-        .enumerate()
-        .any(|(i, c)| is_ignored_name(c, i == 0))
+    rel.split('/').enumerate().any(|(i, c)| is_ignored_name(c, i == 0))
 }
 
 /// What is on disk at a path.
@@ -88,10 +85,7 @@ pub fn disk_entry(meta: &fs::Metadata) -> Option<DiskEntry> {
     } else {
         return None;
     };
-    Some(DiskEntry {
-        kind,
-        stat: stat_of(meta),
-    })
+    Some(DiskEntry { kind, stat: stat_of(meta) })
 }
 
 /// The [`Stat`] of a metadata record.
@@ -133,10 +127,9 @@ pub fn walk(root: &Path, scope: &Scope, skipped: &mut Vec<Skipped>) -> BTreeMap<
                             walk_dir(root, rel, &mut out, skipped);
                         }
                     }
-                    None => skipped.push(Skipped {
-                        path: rel.clone(),
-                        reason: "not a regular file or directory",
-                    }),
+                    None => {
+                        skipped.push(Skipped { path: rel.clone(), reason: "not a regular file or directory" })
+                    }
                 }
             }
         }
@@ -144,12 +137,7 @@ pub fn walk(root: &Path, scope: &Scope, skipped: &mut Vec<Skipped>) -> BTreeMap<
     out
 }
 
-fn walk_dir(
-    root: &Path,
-    rel: &str,
-    out: &mut BTreeMap<String, DiskEntry>,
-    skipped: &mut Vec<Skipped>,
-) {
+fn walk_dir(root: &Path, rel: &str, out: &mut BTreeMap<String, DiskEntry>, skipped: &mut Vec<Skipped>) {
     let Ok(rd) = fs::read_dir(root.join(rel)) else {
         return;
     };
@@ -174,21 +162,14 @@ fn walk_dir(
                     walk_dir(root, &child, out, skipped);
                 }
             }
-            None => skipped.push(Skipped {
-                path: child,
-                reason: "symlink or special file (never followed)",
-            }),
+            None => skipped.push(Skipped { path: child, reason: "symlink or special file (never followed)" }),
         }
     }
 }
 
 /// `dir/name`, or `name` at the root.
 pub fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
+    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
 }
 
 /// The parent directory of a relative path (`""` for the root).
@@ -207,23 +188,11 @@ pub enum LocalOp {
     /// A new directory.
     CreateDir { id: DocId, path: String, stat: Stat },
     /// A new text file.
-    CreateFile {
-        id: DocId,
-        path: String,
-        content: String,
-        stat: Stat,
-        hash: [u8; 32],
-    },
+    CreateFile { id: DocId, path: String, content: String, stat: Stat, hash: [u8; 32] },
     /// An entry moved or renamed (a directory carries its subtree).
     Move { id: DocId, from: String, to: String },
     /// A file's content changed.
-    Edit {
-        id: DocId,
-        path: String,
-        content: String,
-        stat: Stat,
-        hash: [u8; 32],
-    },
+    Edit { id: DocId, path: String, content: String, stat: Stat, hash: [u8; 32] },
     /// Metadata changed, content did not: only the index learns it.
     Touch { path: String, stat: Stat },
     /// An entry vanished.
@@ -243,11 +212,7 @@ pub struct Reconciled {
 
 /// Content read from a file, if it is text.
 enum Read_ {
-    Text {
-        content: String,
-        stat: Stat,
-        hash: [u8; 32],
-    },
+    Text { content: String, stat: Stat, hash: [u8; 32] },
     NotText(&'static str),
     Unstable,
     Gone,
@@ -270,11 +235,7 @@ fn read_text(root: &Path, rel: &str, text_limit: u64) -> Read_ {
         return Read_::NotText("larger than the text size limit");
     }
     let mut bytes = Vec::with_capacity(before.len() as usize);
-    if f.by_ref()
-        .take(text_limit + 1)
-        .read_to_end(&mut bytes)
-        .is_err()
-    {
+    if f.by_ref().take(text_limit + 1).read_to_end(&mut bytes).is_err() {
         return Read_::Unstable;
     }
     let Ok(after) = fs::symlink_metadata(&path) else {
@@ -288,11 +249,7 @@ fn read_text(root: &Path, rel: &str, text_limit: u64) -> Read_ {
     }
     let hash = *blake3::hash(&bytes).as_bytes();
     match String::from_utf8(bytes) {
-        Ok(content) => Read_::Text {
-            content,
-            stat: stat_of(&after),
-            hash,
-        },
+        Ok(content) => Read_::Text { content, stat: stat_of(&after), hash },
         Err(_) => Read_::NotText("not valid UTF-8"),
     }
 }
@@ -338,11 +295,7 @@ pub fn reconcile(
             gone_by_ino.remove(&d.stat.ino);
             let id = working[&old].id;
             move_in_index(&mut working, &old, path);
-            out.ops.push(LocalOp::Move {
-                id,
-                from: old,
-                to: path.clone(),
-            });
+            out.ops.push(LocalOp::Move { id, from: old, to: path.clone() });
             continue;
         }
         match d.kind {
@@ -350,29 +303,14 @@ pub fn reconcile(
                 let id = new_id();
                 working.insert(
                     path.clone(),
-                    IndexEntry {
-                        id,
-                        kind: EntryKind::Dir,
-                        stat: d.stat,
-                        hash: [0; 32],
-                    },
+                    IndexEntry { id, kind: EntryKind::Dir, stat: d.stat, hash: [0; 32], heads: vec![] },
                 );
-                out.ops.push(LocalOp::CreateDir {
-                    id,
-                    path: path.clone(),
-                    stat: d.stat,
-                });
+                out.ops.push(LocalOp::CreateDir { id, path: path.clone(), stat: d.stat });
             }
             EntryKind::File => match read_text(root, path, text_limit) {
-                Read_::Text {
-                    content,
-                    stat,
-                    hash,
-                } => {
+                Read_::Text { content, stat, hash } => {
                     if let Some(old) = gone_by_hash.get(&hash).cloned()
-                        && working
-                            .get(&old)
-                            .is_some_and(|e| e.kind == EntryKind::File && e.hash == hash)
+                        && working.get(&old).is_some_and(|e| e.kind == EntryKind::File && e.hash == hash)
                     {
                         gone_by_hash.remove(&hash);
                         let id = working[&old].id;
@@ -380,39 +318,15 @@ pub fn reconcile(
                         if let Some(e) = working.get_mut(path) {
                             e.stat = stat;
                         }
-                        out.ops.push(LocalOp::Move {
-                            id,
-                            from: old,
-                            to: path.clone(),
-                        });
-                        out.ops.push(LocalOp::Touch {
-                            path: path.clone(),
-                            stat,
-                        });
+                        out.ops.push(LocalOp::Move { id, from: old, to: path.clone() });
+                        out.ops.push(LocalOp::Touch { path: path.clone(), stat });
                         continue;
                     }
                     let id = new_id();
-                    working.insert(
-                        path.clone(),
-                        IndexEntry {
-                            id,
-                            kind: EntryKind::File,
-                            stat,
-                            hash,
-                        },
-                    );
-                    out.ops.push(LocalOp::CreateFile {
-                        id,
-                        path: path.clone(),
-                        content,
-                        stat,
-                        hash,
-                    });
+                    working.insert(path.clone(), IndexEntry { id, kind: EntryKind::File, stat, hash, heads: vec![] });
+                    out.ops.push(LocalOp::CreateFile { id, path: path.clone(), content, stat, hash });
                 }
-                Read_::NotText(reason) => out.skipped.push(Skipped {
-                    path: path.clone(),
-                    reason,
-                }),
+                Read_::NotText(reason) => out.skipped.push(Skipped { path: path.clone(), reason }),
                 Read_::Unstable => out.unstable.push(path.clone()),
                 Read_::Gone => {}
             },
@@ -428,24 +342,11 @@ pub fn reconcile(
         let id = e.id;
         let old_hash = e.hash;
         match read_text(root, path, text_limit) {
-            Read_::Text {
-                content,
-                stat,
-                hash,
-            } => {
+            Read_::Text { content, stat, hash } => {
                 if hash == old_hash {
-                    out.ops.push(LocalOp::Touch {
-                        path: path.clone(),
-                        stat,
-                    });
+                    out.ops.push(LocalOp::Touch { path: path.clone(), stat });
                 } else {
-                    out.ops.push(LocalOp::Edit {
-                        id,
-                        path: path.clone(),
-                        content,
-                        stat,
-                        hash,
-                    });
+                    out.ops.push(LocalOp::Edit { id, path: path.clone(), content, stat, hash });
                 }
                 if let Some(e) = working.get_mut(path) {
                     e.stat = stat;
@@ -454,10 +355,7 @@ pub fn reconcile(
             }
             // A text file that became binary keeps its entry: never delete because of a
             // classification change; it simply stops updating.
-            Read_::NotText(reason) => out.skipped.push(Skipped {
-                path: path.clone(),
-                reason,
-            }),
+            Read_::NotText(reason) => out.skipped.push(Skipped { path: path.clone(), reason }),
             Read_::Unstable => out.unstable.push(path.clone()),
             Read_::Gone => {}
         }
@@ -508,36 +406,14 @@ mod tests {
                 LocalOp::CreateDir { id, path, stat } => {
                     index.insert(
                         path.clone(),
-                        IndexEntry {
-                            id: *id,
-                            kind: EntryKind::Dir,
-                            stat: *stat,
-                            hash: [0; 32],
-                        },
+                        IndexEntry { id: *id, kind: EntryKind::Dir, stat: *stat, hash: [0; 32], heads: vec![] },
                     );
                 }
-                LocalOp::CreateFile {
-                    id,
-                    path,
-                    stat,
-                    hash,
-                    ..
-                }
-                | LocalOp::Edit {
-                    id,
-                    path,
-                    stat,
-                    hash,
-                    ..
-                } => {
+                LocalOp::CreateFile { id, path, stat, hash, .. }
+                | LocalOp::Edit { id, path, stat, hash, .. } => {
                     index.insert(
                         path.clone(),
-                        IndexEntry {
-                            id: *id,
-                            kind: EntryKind::File,
-                            stat: *stat,
-                            hash: *hash,
-                        },
+                        IndexEntry { id: *id, kind: EntryKind::File, stat: *stat, hash: *hash, heads: vec![] },
                     );
                 }
                 LocalOp::Move { from, to, .. } => move_in_index(index, from, to),
@@ -560,25 +436,13 @@ mod tests {
         fs::write(root.join("x.swp"), "swap").unwrap();
         let mut new_id = ids();
         let mut index = Index::new();
-        let r = reconcile(
-            root,
-            &index,
-            &Scope::All,
-            DEFAULT_TEXT_LIMIT_BYTES,
-            &mut new_id,
-        );
+        let r = reconcile(root, &index, &Scope::All, DEFAULT_TEXT_LIMIT_BYTES, &mut new_id);
         assert_eq!(r.ops.len(), 4, "{:?}", r.ops);
         assert_eq!(r.skipped.len(), 1);
         apply(&mut index, &r.ops);
 
         // Nothing changed: nothing to do, nothing read.
-        let r = reconcile(
-            root,
-            &index,
-            &Scope::All,
-            DEFAULT_TEXT_LIMIT_BYTES,
-            &mut new_id,
-        );
+        let r = reconcile(root, &index, &Scope::All, DEFAULT_TEXT_LIMIT_BYTES, &mut new_id);
         assert!(r.ops.is_empty(), "{:?}", r.ops);
 
         // Directory rename: one move, children follow.
@@ -586,13 +450,7 @@ mod tests {
         // Atomic save of b.md: new inode at the same path is an edit.
         fs::write(root.join("b.tmp2"), "two!").unwrap();
         fs::rename(root.join("b.tmp2"), root.join("b.md")).unwrap();
-        let r = reconcile(
-            root,
-            &index,
-            &Scope::All,
-            DEFAULT_TEXT_LIMIT_BYTES,
-            &mut new_id,
-        );
+        let r = reconcile(root, &index, &Scope::All, DEFAULT_TEXT_LIMIT_BYTES, &mut new_id);
         assert!(
             matches!(&r.ops[0], LocalOp::Move { from, to, .. } if from == "d" && to == "e"),
             "{:?}",

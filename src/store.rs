@@ -59,6 +59,9 @@ pub struct IndexEntry {
     pub stat: Stat,
     /// BLAKE3 of the content when last seen (files only).
     pub hash: [u8; 32],
+    /// Heads of the file's document whose text is that content (files only): the base
+    /// a local edit is made against, so it merges with changes that arrived meanwhile.
+    pub heads: Vec<[u8; 32]>,
 }
 
 /// The local index: path -> what is there, as teatime last recorded it.
@@ -128,10 +131,7 @@ impl Store {
         tx.open_table(DOCS)?;
         tx.open_table(CHANGES)?;
         tx.commit()?;
-        Ok(Store {
-            db,
-            chunks: HashMap::new(),
-        })
+        Ok(Store { db, chunks: HashMap::new() })
     }
 
     /// Reads a meta value.
@@ -186,9 +186,7 @@ impl Store {
 
     /// Whether `id` has grown enough incremental chunks to be rewritten as a snapshot.
     pub fn wants_snapshot(&self, id: DocId) -> bool {
-        self.chunks
-            .get(&id)
-            .is_none_or(|(_, n)| *n >= MAX_CHANGE_CHUNKS)
+        self.chunks.get(&id).is_none_or(|(_, n)| *n >= MAX_CHANGE_CHUNKS)
     }
 
     /// Commits a batch durably.
@@ -262,12 +260,7 @@ mod tests {
         {
             let mut s = Store::open(&path).unwrap();
             assert!(Store::open(&path).is_err(), "second open must be refused");
-            let entry = IndexEntry {
-                id,
-                kind: EntryKind::File,
-                stat: Stat::default(),
-                hash: [1; 32],
-            };
+            let entry = IndexEntry { id, kind: EntryKind::File, stat: Stat::default(), hash: [1; 32] };
             s.commit(Batch {
                 snapshots: vec![(id, b"snap".to_vec())],
                 changes: vec![(id, b"c0".to_vec()), (id, b"c1".to_vec())],
@@ -277,19 +270,9 @@ mod tests {
         }
         let mut s = Store::open(&path).unwrap();
         let loaded = s.load().unwrap();
-        assert_eq!(
-            loaded.docs,
-            vec![(id, b"snap".to_vec(), vec![b"c0".to_vec(), b"c1".to_vec()])]
-        );
+        assert_eq!(loaded.docs, vec![(id, b"snap".to_vec(), vec![b"c0".to_vec(), b"c1".to_vec()])]);
         assert_eq!(loaded.index["a.md"].hash, [1; 32]);
-        s.commit(Batch {
-            snapshots: vec![(id, b"snap2".to_vec())],
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(
-            s.load().unwrap().docs,
-            vec![(id, b"snap2".to_vec(), vec![])]
-        );
+        s.commit(Batch { snapshots: vec![(id, b"snap2".to_vec())], ..Default::default() }).unwrap();
+        assert_eq!(s.load().unwrap().docs, vec![(id, b"snap2".to_vec(), vec![])]);
     }
 }

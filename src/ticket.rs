@@ -60,14 +60,10 @@ impl Ticket {
             let shown: String = text.chars().take(12).collect();
             return Err(TicketError::Prefix(shown));
         };
-        let bytes = BASE32
-            .decode(body.to_ascii_uppercase().as_bytes())
-            .map_err(|e| match e.kind {
-                data_encoding::DecodeKind::Length | data_encoding::DecodeKind::Trailing => {
-                    TicketError::Checksum
-                }
-                _ => TicketError::Encoding,
-            })?;
+        let bytes = BASE32.decode(body.to_ascii_uppercase().as_bytes()).map_err(|e| match e.kind {
+            data_encoding::DecodeKind::Length | data_encoding::DecodeKind::Trailing => TicketError::Checksum,
+            _ => TicketError::Encoding,
+        })?;
         if bytes.len() <= CHECKSUM_BYTES {
             return Err(TicketError::Checksum);
         }
@@ -103,15 +99,9 @@ mod tests {
     fn every_truncation_and_garbage_is_refused() {
         let text = sample().encode();
         for cut in 0..text.len() {
-            assert!(
-                Ticket::decode(&text[..cut]).is_err(),
-                "accepted a ticket cut at {cut}"
-            );
+            assert!(Ticket::decode(&text[..cut]).is_err(), "accepted a ticket cut at {cut}");
         }
-        assert!(matches!(
-            Ticket::decode("garbage"),
-            Err(TicketError::Prefix(_))
-        ));
+        assert!(matches!(Ticket::decode("garbage"), Err(TicketError::Prefix(_))));
         let mut flipped = text.clone().into_bytes();
         let last = flipped.len() - 3;
         flipped[last] = if flipped[last] == b'a' { b'b' } else { b'a' };

@@ -22,8 +22,7 @@ pub fn start(root: &Path, inbox: mpsc::Sender<Event>) -> Result<RecommendedWatch
         let scope = match res {
             Ok(ev) if ev.need_rescan() => Some(Scope::All),
             Ok(ev) => {
-                let paths: BTreeSet<String> =
-                    ev.paths.iter().filter_map(|p| relative(&base, p)).collect();
+                let paths: BTreeSet<String> = ev.paths.iter().filter_map(|p| relative(&base, p)).collect();
                 (!paths.is_empty()).then_some(Scope::Paths(paths))
             }
             Err(_) => Some(Scope::All),
@@ -34,9 +33,7 @@ pub fn start(root: &Path, inbox: mpsc::Sender<Event>) -> Result<RecommendedWatch
         }
     })
     .context("starting the file watcher")?;
-    watcher
-        .watch(root, RecursiveMode::Recursive)
-        .with_context(|| format!("watching {}", root.display()))?;
+    watcher.watch(root, RecursiveMode::Recursive).with_context(|| format!("watching {}", root.display()))?;
     Ok(watcher)
 }
 

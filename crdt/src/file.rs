@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use automerge::{ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, transaction::Transactable};
+use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, transaction::Transactable};
 
 use crate::ModelError;
 use crate::text::diff_splices;
@@ -61,6 +61,33 @@ impl FileDoc {
         self.doc.text(&obj).ok()
     }
 
+    /// The document's current heads.
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// Records `content` as an edit made to the version at `base` (the heads of the
+    /// content the file held when it was last read or written). When the document has
+    /// moved on since (a peer's change arrived while the user was editing), the edit is
+    /// made against `base` and merged, so neither side's change is lost: diffing the
+    /// file against the *current* text would undo the peer's change.
+    pub fn ingest_from(
+        &mut self,
+        content: &str,
+        base: &[ChangeHash],
+        deadline: Instant,
+    ) -> Result<bool, ModelError> {
+        let current = self.doc.get_heads();
+        let base_known = !base.is_empty() && base.iter().all(|h| self.doc.get_change_by_hash(h).is_some());
+        if base == current.as_slice() || !base_known {
+            return self.ingest(content, deadline);
+        }
+        self.doc.isolate(base);
+        let result = self.ingest(content, deadline);
+        self.doc.integrate();
+        result
+    }
+
     /// Makes the document hold `content` by the smallest splices found before
     /// `deadline`, committed as one change. Returns whether anything changed.
     pub fn ingest(&mut self, content: &str, deadline: Instant) -> Result<bool, ModelError> {
@@ -71,8 +98,7 @@ impl FileDoc {
             return Ok(false);
         }
         for s in splices.iter().rev() {
-            self.doc
-                .splice_text(&obj, s.pos, s.delete as isize, &s.insert)?;
+            self.doc.splice_text(&obj, s.pos, s.delete as isize, &s.insert)?;
         }
         self.doc.commit();
         Ok(true)
@@ -198,6 +224,22 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn an_edit_made_against_an_old_version_keeps_the_newer_changes() {
+        let mut a = FileDoc::create(actor(1), "one\ntwo\nthree\n").unwrap();
+        let base = a.heads();
+        let mut b = FileDoc::from_doc(AutoCommit::load(&a.doc_mut().save()).unwrap().with_actor(actor(2)));
+        b.ingest("ONE\ntwo\nthree\n", later()).unwrap();
+        a.doc_mut().merge(b.doc_mut()).unwrap();
+        // The file on disk still derives from `base`: its author changed line three.
+        assert!(a.ingest_from("one\ntwo\nTHREE\n", &base, later()).unwrap());
+        assert_eq!(a.text().unwrap(), "ONE\ntwo\nTHREE\n");
+        // And further edits continue normally from the merged state.
+        let now = a.heads();
+        a.ingest_from("ONE\ntwo\nTHREE\nfour\n", &now, later()).unwrap();
+        assert_eq!(a.text().unwrap(), "ONE\ntwo\nTHREE\nfour\n");
     }
 
     #[test]

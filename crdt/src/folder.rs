@@ -17,8 +17,7 @@
 use std::collections::BTreeMap;
 
 use automerge::{
-    ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
-    transaction::Transactable,
+    ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value, transaction::Transactable,
 };
 
 use crate::{DocId, ModelError};
@@ -28,9 +27,7 @@ const MEMBERS: &str = "members";
 const ACTORS: &str = "actors";
 
 /// File or directory.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum EntryKind {
     /// A directory: it has children, no document.
     Dir,
@@ -171,12 +168,7 @@ impl FolderDoc {
         let name = self.str_at(&obj, "name")?;
         let kind = EntryKind::parse(&self.str_at(&obj, "kind")?)?;
         let deleted = self.bool_at(&obj, "deleted").unwrap_or(false);
-        Some(Entry {
-            parent,
-            name,
-            kind,
-            deleted,
-        })
+        Some(Entry { parent, name, kind, deleted })
     }
 
     fn entry_obj(&self, id: DocId) -> Result<ObjId, ModelError> {
@@ -196,14 +188,8 @@ impl FolderDoc {
         kind: EntryKind,
     ) -> Result<(), ModelError> {
         let entries = self.map(ENTRIES).ok_or(ModelError::Missing("entries"))?;
-        let obj = self
-            .doc
-            .put_object(&entries, id.to_string(), ObjType::Map)?;
-        self.doc.put(
-            &obj,
-            "parent",
-            parent.map(|p| p.to_string()).unwrap_or_default(),
-        )?;
+        let obj = self.doc.put_object(&entries, id.to_string(), ObjType::Map)?;
+        self.doc.put(&obj, "parent", parent.map(|p| p.to_string()).unwrap_or_default())?;
         self.doc.put(&obj, "name", name)?;
         self.doc.put(&obj, "kind", kind.as_str())?;
         self.doc.put(&obj, "deleted", false)?;
@@ -211,12 +197,7 @@ impl FolderDoc {
     }
 
     /// Moves or renames an entry (one write per changed field).
-    pub fn move_entry(
-        &mut self,
-        id: DocId,
-        parent: Option<DocId>,
-        name: &str,
-    ) -> Result<(), ModelError> {
+    pub fn move_entry(&mut self, id: DocId, parent: Option<DocId>, name: &str) -> Result<(), ModelError> {
         let obj = self.entry_obj(id)?;
         let parent = parent.map(|p| p.to_string()).unwrap_or_default();
         if self.str_at(&obj, "parent").as_deref() != Some(parent.as_str()) {
@@ -293,18 +274,14 @@ mod tests {
     fn rename_is_one_field_and_follows_concurrent_edit_of_location() {
         let mut a = FolderDoc::create(ActorId::from([1; 16]), "a", "alice").unwrap();
         a.create_entry(id(1), None, "dir", EntryKind::Dir).unwrap();
-        a.create_entry(id(2), Some(id(1)), "f.md", EntryKind::File)
-            .unwrap();
+        a.create_entry(id(2), Some(id(1)), "f.md", EntryKind::File).unwrap();
         a.commit();
         let mut b = FolderDoc::from_doc(
-            AutoCommit::load(&a.doc_mut().save())
-                .unwrap()
-                .with_actor(ActorId::from([2; 16])),
+            AutoCommit::load(&a.doc_mut().save()).unwrap().with_actor(ActorId::from([2; 16])),
         );
         a.move_entry(id(1), None, "renamed").unwrap();
         a.commit();
-        b.create_entry(id(3), Some(id(1)), "new.md", EntryKind::File)
-            .unwrap();
+        b.create_entry(id(3), Some(id(1)), "new.md", EntryKind::File).unwrap();
         b.commit();
         let mut fork = b.doc_mut().fork();
         a.doc_mut().merge(&mut fork).unwrap();

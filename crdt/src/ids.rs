@@ -6,9 +6,7 @@ use std::str::FromStr;
 
 /// The id of a document: the folder document (then it is also the folder's id) or a
 /// file's document (then it is also the id of the file's entry in the folder).
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct DocId(pub [u8; 16]);
 
 impl DocId {

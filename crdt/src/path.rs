@@ -22,21 +22,14 @@ pub fn is_valid_name(name: &str) -> bool {
         && name.len() <= MAX_NAME_BYTES
         && name != STATE_DIR
         && !name.starts_with(TEMP_PREFIX)
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control())
+        && !name.chars().any(|c| c == '/' || c == '\\' || c.is_control())
 }
 
 /// Whether a local relative path (components joined by `/`) belongs to teatime itself
 /// and must never be scanned or synced.
 pub fn is_reserved_local(rel: &str) -> bool {
     let first = rel.split('/').next().unwrap_or("");
-    first == STATE_DIR
-        || rel
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .starts_with(TEMP_PREFIX)
+    first == STATE_DIR || rel.rsplit('/').next().unwrap_or("").starts_with(TEMP_PREFIX)
 }
 
 #[cfg(test)]

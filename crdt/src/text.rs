@@ -42,18 +42,13 @@ pub fn diff_splices(old: &str, new: &str, deadline: Instant) -> Vec<Splice> {
     let new_mid = &new_rest[..new_rest.len() - suffix_bytes];
 
     let mut out = Vec::new();
-    if old_mid.is_empty()
-        || new_mid.is_empty()
-        || !(old_mid.contains('\n') || new_mid.contains('\n'))
-    {
+    if old_mid.is_empty() || new_mid.is_empty() || !(old_mid.contains('\n') || new_mid.contains('\n')) {
         diff_chars_into(old_mid, new_mid, prefix_chars, deadline, &mut out);
         return out;
     }
 
-    let lines = TextDiff::configure()
-        .algorithm(Algorithm::Myers)
-        .deadline(deadline)
-        .diff_lines(old_mid, new_mid);
+    let lines =
+        TextDiff::configure().algorithm(Algorithm::Myers).deadline(deadline).diff_lines(old_mid, new_mid);
     let old_lines: Vec<&str> = lines.iter_old_slices().collect();
     let new_lines: Vec<&str> = lines.iter_new_slices().collect();
     // Code-point offset of each old line start, relative to old_mid.
@@ -68,25 +63,15 @@ pub fn diff_splices(old: &str, new: &str, deadline: Instant) -> Vec<Splice> {
     for op in lines.ops() {
         let (old_range, new_range) = match *op {
             DiffOp::Equal { .. } => continue,
-            DiffOp::Delete {
-                old_index,
-                old_len,
-                new_index,
-            } => (old_index..old_index + old_len, new_index..new_index),
-            DiffOp::Insert {
-                old_index,
-                new_index,
-                new_len,
-            } => (old_index..old_index, new_index..new_index + new_len),
-            DiffOp::Replace {
-                old_index,
-                old_len,
-                new_index,
-                new_len,
-            } => (
-                old_index..old_index + old_len,
-                new_index..new_index + new_len,
-            ),
+            DiffOp::Delete { old_index, old_len, new_index } => {
+                (old_index..old_index + old_len, new_index..new_index)
+            }
+            DiffOp::Insert { old_index, new_index, new_len } => {
+                (old_index..old_index, new_index..new_index + new_len)
+            }
+            DiffOp::Replace { old_index, old_len, new_index, new_len } => {
+                (old_index..old_index + old_len, new_index..new_index + new_len)
+            }
         };
         let old_hunk: String = old_lines[old_range.clone()].concat();
         let new_hunk: String = new_lines[new_range].concat();
@@ -100,17 +85,10 @@ pub fn diff_splices(old: &str, new: &str, deadline: Instant) -> Vec<Splice> {
 fn diff_chars_into(old: &str, new: &str, base: usize, deadline: Instant, out: &mut Vec<Splice>) {
     let old_chars = old.chars().count();
     if old.is_empty() || new.is_empty() || old_chars + new.len() > MAX_CHAR_DIFF_HUNK_CHARS {
-        out.push(Splice {
-            pos: base,
-            delete: old_chars,
-            insert: new.to_string(),
-        });
+        out.push(Splice { pos: base, delete: old_chars, insert: new.to_string() });
         return;
     }
-    let chars = TextDiff::configure()
-        .algorithm(Algorithm::Myers)
-        .deadline(deadline)
-        .diff_chars(old, new);
+    let chars = TextDiff::configure().algorithm(Algorithm::Myers).deadline(deadline).diff_chars(old, new);
     let new_slices: Vec<&str> = chars.iter_new_slices().collect();
     let mut old_pos = base;
     let mut pending: Option<Splice> = None;
@@ -121,39 +99,18 @@ fn diff_chars_into(old: &str, new: &str, base: usize, deadline: Instant, out: &m
                 old_pos += len;
             }
             DiffOp::Delete { old_len, .. } => {
-                let s = pending.get_or_insert(Splice {
-                    pos: old_pos,
-                    delete: 0,
-                    insert: String::new(),
-                });
+                let s = pending.get_or_insert(Splice { pos: old_pos, delete: 0, insert: String::new() });
                 s.delete += old_len;
                 old_pos += old_len;
             }
-            DiffOp::Insert {
-                new_index, new_len, ..
-            } => {
-                let s = pending.get_or_insert(Splice {
-                    pos: old_pos,
-                    delete: 0,
-                    insert: String::new(),
-                });
-                s.insert
-                    .extend(new_slices[new_index..new_index + new_len].iter().copied());
+            DiffOp::Insert { new_index, new_len, .. } => {
+                let s = pending.get_or_insert(Splice { pos: old_pos, delete: 0, insert: String::new() });
+                s.insert.extend(new_slices[new_index..new_index + new_len].iter().copied());
             }
-            DiffOp::Replace {
-                old_len,
-                new_index,
-                new_len,
-                ..
-            } => {
-                let s = pending.get_or_insert(Splice {
-                    pos: old_pos,
-                    delete: 0,
-                    insert: String::new(),
-                });
+            DiffOp::Replace { old_len, new_index, new_len, .. } => {
+                let s = pending.get_or_insert(Splice { pos: old_pos, delete: 0, insert: String::new() });
                 s.delete += old_len;
-                s.insert
-                    .extend(new_slices[new_index..new_index + new_len].iter().copied());
+                s.insert.extend(new_slices[new_index..new_index + new_len].iter().copied());
                 old_pos += old_len;
             }
         }
@@ -187,12 +144,7 @@ fn common_prefix(a: &str, b: &str) -> (usize, usize) {
 
 /// Length in bytes of the longest common suffix.
 fn common_suffix(a: &str, b: &str) -> usize {
-    a.chars()
-        .rev()
-        .zip(b.chars().rev())
-        .take_while(|(ca, cb)| ca == cb)
-        .map(|(c, _)| c.len_utf8())
-        .sum()
+    a.chars().rev().zip(b.chars().rev()).take_while(|(ca, cb)| ca == cb).map(|(c, _)| c.len_utf8()).sum()
 }
 
 #[cfg(test)]
@@ -210,14 +162,7 @@ mod tests {
         let old = "alpha\nbeta\ngamma\n";
         let new = "alpha\nbeta two\ngamma\n";
         let s = diff_splices(old, new, later());
-        assert_eq!(
-            s,
-            vec![Splice {
-                pos: 10,
-                delete: 0,
-                insert: " two".into()
-            }]
-        );
+        assert_eq!(s, vec![Splice { pos: 10, delete: 0, insert: " two".into() }]);
         assert_eq!(apply_splices(old, &s), new);
     }
 
@@ -231,9 +176,7 @@ mod tests {
     #[test]
     fn expired_deadline_still_gives_a_correct_diff() {
         let old: String = (0..2000).map(|i| format!("line {i}\n")).collect();
-        let new: String = (0..2000)
-            .map(|i| format!("line {}\n", i * 7 % 1999))
-            .collect();
+        let new: String = (0..2000).map(|i| format!("line {}\n", i * 7 % 1999)).collect();
         let s = diff_splices(&old, &new, Instant::now());
         assert_eq!(apply_splices(&old, &s), new);
     }

@@ -68,11 +68,7 @@ pub fn render(entries: &BTreeMap<DocId, Entry>) -> Tree {
             continue;
         };
         for (id, name) in name_siblings(kids, entries) {
-            let path = if dir_path.is_empty() {
-                name
-            } else {
-                format!("{dir_path}/{name}")
-            };
+            let path = if dir_path.is_empty() { name } else { format!("{dir_path}/{name}") };
             let kind = entries[&id].kind;
             if kind == EntryKind::Dir {
                 stack.push((Some(id), path.clone()));
@@ -89,9 +85,7 @@ fn effective_parents(entries: &BTreeMap<DocId, Entry>) -> HashMap<DocId, Option<
     let mut parent_of: HashMap<DocId, Option<DocId>> = entries
         .iter()
         .map(|(id, e)| {
-            let p = e
-                .parent
-                .filter(|p| entries.get(p).is_some_and(|pe| pe.kind == EntryKind::Dir));
+            let p = e.parent.filter(|p| entries.get(p).is_some_and(|pe| pe.kind == EntryKind::Dir));
             (*id, p)
         })
         .collect();
@@ -174,12 +168,7 @@ mod tests {
     }
 
     fn e(parent: Option<u8>, name: &str, kind: EntryKind, deleted: bool) -> Entry {
-        Entry {
-            parent: parent.map(id),
-            name: name.into(),
-            kind,
-            deleted,
-        }
+        Entry { parent: parent.map(id), name: name.into(), kind, deleted }
     }
 
     #[test]
@@ -193,10 +182,7 @@ mod tests {
         let t = render(&entries);
         assert_eq!(t.path_of(id(3)), Some("a/b/c.md"));
         assert_eq!(t.path_of(id(4)), None);
-        assert_eq!(
-            t.by_path.keys().collect::<Vec<_>>(),
-            ["a", "a/b", "a/b/c.md"]
-        );
+        assert_eq!(t.by_path.keys().collect::<Vec<_>>(), ["a", "a/b", "a/b/c.md"]);
     }
 
     #[test]

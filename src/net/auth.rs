@@ -52,10 +52,7 @@ mod tests {
         let mac = proof(&s, f, &a, &b, &n);
         assert!(verify(&s, f, &a, &b, &n, &mac));
         assert!(!verify(&[8; 32], f, &a, &b, &n, &mac), "other secret");
-        assert!(
-            !verify(&s, DocId([4; 16]), &a, &b, &n, &mac),
-            "other folder"
-        );
+        assert!(!verify(&s, DocId([4; 16]), &a, &b, &n, &mac), "other folder");
         assert!(!verify(&s, f, &b, &a, &n, &mac), "swapped ids");
         assert!(!verify(&s, f, &a, &b, &[0; 32], &mac), "other nonce");
     }

@@ -35,12 +35,7 @@ pub async fn run_dialer(
     cancel: CancellationToken,
 ) {
     let mut loops: HashMap<EndpointId, watch::Sender<EndpointAddr>> = HashMap::new();
-    let links = hub
-        .folders
-        .read()
-        .expect("folders lock")
-        .get(&folder)
-        .map(|f| f.links.clone());
+    let links = hub.folders.read().expect("folders lock").get(&folder).map(|f| f.links.clone());
     let Some(links) = links else { return };
     loop {
         let addr = tokio::select! {

@@ -42,12 +42,7 @@ pub async fn bind(
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no port to bind")))
 }
 
-async fn bind_on(
-    mode: NetworkMode,
-    relay: Option<&RelayUrl>,
-    key: SecretKey,
-    port: u16,
-) -> Result<Endpoint> {
+async fn bind_on(mode: NetworkMode, relay: Option<&RelayUrl>, key: SecretKey, port: u16) -> Result<Endpoint> {
     let builder = match mode {
         NetworkMode::Internet => Endpoint::builder(presets::N0),
         NetworkMode::Lan | NetworkMode::Loopback => Endpoint::builder(presets::Minimal)
@@ -61,9 +56,9 @@ async fn bind_on(
             .clear_ip_transports()
             .bind_addr(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
             .context("loopback address")?,
-        _ if port != 0 => builder
-            .bind_addr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-            .context("bind address")?,
+        _ if port != 0 => {
+            builder.bind_addr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).context("bind address")?
+        }
         _ => builder,
     };
     if let Some(url) = relay {

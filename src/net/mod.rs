@@ -29,12 +29,7 @@ pub struct Links {
 impl Links {
     /// A session with `peer` started.
     pub fn up(&self, peer: EndpointId) {
-        *self
-            .counts
-            .lock()
-            .expect("links lock")
-            .entry(peer)
-            .or_default() += 1;
+        *self.counts.lock().expect("links lock").entry(peer).or_default() += 1;
         self.changed.notify_waiters();
     }
 

@@ -76,24 +76,14 @@ impl Hub {
             .await
             .map_err(|_| anyhow!("connecting timed out"))??;
         let (mut send, mut recv) = conn.open_bi().await?;
-        let hello = Frame::Hello {
-            folder,
-            name: self.name.clone(),
-            addr: self.endpoint.addr(),
-        };
+        let hello = Frame::Hello { folder, name: self.name.clone(), addr: self.endpoint.addr() };
         write_frame(&mut send, &hello).await?;
         let nonce = match step(read_frame(&mut recv)).await? {
             Frame::Challenge { nonce } => nonce,
             Frame::Refused { reason } => bail!("refused by {}: {reason}", addr.id.fmt_short()),
             other => bail!("unexpected frame {other:?} in handshake"),
         };
-        let mac = auth::proof(
-            &access.secret,
-            folder,
-            &self.endpoint.id(),
-            &conn.remote_id(),
-            &nonce,
-        );
+        let mac = auth::proof(&access.secret, folder, &self.endpoint.id(), &conn.remote_id(), &nonce);
         write_frame(&mut send, &Frame::Proof { mac }).await?;
         let name = match step(read_frame(&mut recv)).await? {
             Frame::Welcome { name } => name,
@@ -113,10 +103,7 @@ impl Hub {
         };
         let Some(access) = self.folder(&folder) else {
             refuse(&conn, &mut send, "unknown folder").await;
-            bail!(
-                "{} asked for a folder this node does not serve",
-                peer.fmt_short()
-            );
+            bail!("{} asked for a folder this node does not serve", peer.fmt_short());
         };
         let nonce: [u8; 32] = rand::random();
         write_frame(&mut send, &Frame::Challenge { nonce }).await?;
@@ -124,24 +111,11 @@ impl Hub {
             Frame::Proof { mac } => mac,
             other => bail!("expected Proof, got {other:?}"),
         };
-        if !auth::verify(
-            &access.secret,
-            folder,
-            &peer,
-            &self.endpoint.id(),
-            &nonce,
-            &mac,
-        ) {
+        if !auth::verify(&access.secret, folder, &peer, &self.endpoint.id(), &nonce, &mac) {
             refuse(&conn, &mut send, "wrong proof").await;
             bail!("{} failed the join proof", peer.fmt_short());
         }
-        write_frame(
-            &mut send,
-            &Frame::Welcome {
-                name: self.name.clone(),
-            },
-        )
-        .await?;
+        write_frame(&mut send, &Frame::Welcome { name: self.name.clone() }).await?;
         // The id is authenticated by TLS; the announced addresses are only hints.
         addr.id = peer;
         run(conn, send, recv, access, name, addr, false).await;
@@ -160,13 +134,7 @@ impl ProtocolHandler for Hub {
 }
 
 async fn refuse(conn: &Connection, send: &mut iroh::endpoint::SendStream, reason: &str) {
-    let _ = write_frame(
-        send,
-        &Frame::Refused {
-            reason: reason.into(),
-        },
-    )
-    .await;
+    let _ = write_frame(send, &Frame::Refused { reason: reason.into() }).await;
     let _ = send.finish();
     // Give the frame a moment to leave before closing; bounded, never a hang.
     let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
@@ -203,15 +171,7 @@ async fn run(
     let (outbox, mut out_rx) = mpsc::channel::<Frame>(OUTBOX_CAPACITY);
     access.links.up(peer);
     info!(peer = %peer.fmt_short(), %name, dialed_by_me, "connected");
-    let up = Event::PeerUp {
-        peer,
-        name,
-        addr,
-        conn_id,
-        dialed_by_me,
-        outbox,
-        conn: conn.clone(),
-    };
+    let up = Event::PeerUp { peer, name, addr, conn_id, dialed_by_me, outbox, conn: conn.clone() };
     if access.inbox.send(up).await.is_err() {
         access.links.down(peer);
         return;
@@ -229,16 +189,7 @@ async fn run(
         loop {
             match read_frame(&mut recv).await {
                 Ok(Some(frame)) => {
-                    if access
-                        .inbox
-                        .send(Event::Frame {
-                            peer,
-                            conn_id,
-                            frame,
-                        })
-                        .await
-                        .is_err()
-                    {
+                    if access.inbox.send(Event::Frame { peer, conn_id, frame }).await.is_err() {
                         break;
                     }
                 }

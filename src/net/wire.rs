@@ -89,10 +89,7 @@ pub enum Frame {
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<()> {
     let bytes = postcard::to_stdvec(frame)?;
     if bytes.len() > MAX_FRAME_BYTES {
-        bail!(
-            "frame of {} bytes exceeds the {MAX_FRAME_BYTES}-byte limit",
-            bytes.len()
-        );
+        bail!("frame of {} bytes exceeds the {MAX_FRAME_BYTES}-byte limit", bytes.len());
     }
     w.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
     w.write_all(&bytes).await?;
@@ -112,9 +109,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
         bail!("peer announced a {len}-byte frame, over the {MAX_FRAME_BYTES}-byte limit");
     }
     let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)
-        .await
-        .context("stream ended inside a frame")?;
+    r.read_exact(&mut buf).await.context("stream ended inside a frame")?;
     Ok(Some(postcard::from_bytes(&buf).context("malformed frame")?))
 }
 
@@ -125,10 +120,7 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_oversize_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let frame = Frame::Changes {
-            doc: DocId([1; 16]),
-            data: vec![1, 2, 3],
-        };
+        let frame = Frame::Changes { doc: DocId([1; 16]), data: vec![1, 2, 3] };
         write_frame(&mut a, &frame).await.unwrap();
         assert_eq!(read_frame(&mut b).await.unwrap(), Some(frame));
 

@@ -24,10 +24,7 @@ const LOG_TAIL_LINES: usize = 60;
 
 /// How long any single wait may take: generous, because CI is a loaded 2-core machine.
 pub fn deadline() -> Duration {
-    let secs = std::env::var("TEATIME_IT_TIMEOUT_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let secs = std::env::var("TEATIME_IT_TIMEOUT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     Duration::from_secs(secs)
 }
 
@@ -78,11 +75,7 @@ fn walk(dir: &Path, prefix: &str, skip_state: bool, out: &mut Tree) {
         if skip_state && prefix.is_empty() && name == STATE_DIR {
             continue;
         }
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
         let Ok(meta) = fs::symlink_metadata(entry.path()) else {
             continue;
         };
@@ -123,11 +116,7 @@ pub fn remove(tree: &mut Tree, path: &str) {
 /// Moves `from` (with everything below it) to `to` in an expected tree.
 pub fn rename(tree: &mut Tree, from: &str, to: &str) {
     let below = format!("{from}/");
-    let moved: Vec<String> = tree
-        .keys()
-        .filter(|k| *k == from || k.starts_with(&below))
-        .cloned()
-        .collect();
+    let moved: Vec<String> = tree.keys().filter(|k| *k == from || k.starts_with(&below)).cloned().collect();
     assert!(!moved.is_empty(), "expected tree has no {from:?} to rename");
     for old in moved {
         let entry = tree.remove(&old).expect("key was just listed");
@@ -184,9 +173,7 @@ fn fmt_tree(tree: &Tree) -> String {
     if tree.is_empty() {
         return "  (empty)\n".to_owned();
     }
-    tree.iter()
-        .map(|(path, entry)| format!("  {path}: {entry:?}\n"))
-        .collect()
+    tree.iter().map(|(path, entry)| format!("  {path}: {entry:?}\n")).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -211,10 +198,7 @@ pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> 
 pub fn wait_until_within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
-        assert!(
-            start.elapsed() <= limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(start.elapsed() <= limit, "timed out after {limit:?} waiting for {what}");
         thread::sleep(POLL);
     }
 }
@@ -246,29 +230,22 @@ pub fn wait_converged(peers: &[&Peer]) -> Tree {
 
 /// Waits until every peer's folder is exactly `expected`.
 pub fn wait_converged_to(peers: &[&Peer], expected: &Tree) {
-    wait_for(
-        &format!("{} to hold the expected tree", names(peers)),
-        || {
-            let report: String = peers
-                .iter()
-                .filter_map(|peer| {
-                    let actual = peer.tree();
-                    (&actual != expected).then(|| {
-                        format!(
-                            "{}'s folder against the expected tree:\n{}",
-                            peer.name,
-                            diff_trees(&actual, expected)
-                        )
-                    })
+    wait_for(&format!("{} to hold the expected tree", names(peers)), || {
+        let report: String = peers
+            .iter()
+            .filter_map(|peer| {
+                let actual = peer.tree();
+                (&actual != expected).then(|| {
+                    format!(
+                        "{}'s folder against the expected tree:\n{}",
+                        peer.name,
+                        diff_trees(&actual, expected)
+                    )
                 })
-                .collect();
-            if report.is_empty() {
-                Ok(())
-            } else {
-                Err(report)
-            }
-        },
-    );
+            })
+            .collect();
+        if report.is_empty() { Ok(()) } else { Err(report) }
+    });
 }
 
 /// Asserts, without waiting, that every peer's folder is exactly `expected`.
@@ -285,11 +262,7 @@ pub fn assert_trees(peers: &[&Peer], expected: &Tree) {
 }
 
 fn names(peers: &[&Peer]) -> String {
-    peers
-        .iter()
-        .map(|p| p.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// Watches, from a background thread, whether a path is ever missing.
@@ -311,10 +284,7 @@ impl AbsenceWatch {
             }
             seen_absent
         });
-        Self {
-            stop,
-            handle: Some(handle),
-        }
+        Self { stop, handle: Some(handle) }
     }
 
     /// Stops watching; true if the path was ever missing.
@@ -446,28 +416,17 @@ impl Peer {
     /// Sends SIGTERM and asserts a clean exit (status 0) within the deadline.
     pub fn stop(&mut self) {
         let mut child = self.child.take().expect("peer is not running");
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .expect("run kill");
+        let status =
+            Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill");
         assert!(status.success(), "kill -TERM {} failed", self.name);
         let exited = wait_exit(&mut child, deadline());
         self.stdout = None;
         match exited {
-            Some(status) => assert!(
-                status.success(),
-                "{} should exit 0 on SIGTERM, got {status}",
-                self.name
-            ),
+            Some(status) => assert!(status.success(), "{} should exit 0 on SIGTERM, got {status}", self.name),
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "{} did not exit within {:?} of SIGTERM",
-                    self.name,
-                    deadline()
-                );
+                panic!("{} did not exit within {:?} of SIGTERM", self.name, deadline());
             }
         }
     }
@@ -499,18 +458,12 @@ impl Peer {
             panic!("`teatime {args:?}` still running after {:?}", deadline());
         };
         let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).expect("read output")).into();
-        Finished {
-            status,
-            stdout: read(&out_path),
-            stderr: read(&err_path),
-        }
+        Finished { status, stdout: read(&out_path), stderr: read(&err_path) }
     }
 
     /// Everything this peer's processes wrote to stderr so far.
     pub fn log_text(&self) -> String {
-        fs::read(&self.log)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
+        fs::read(&self.log).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()
     }
 
     // File operations on this peer's folder, as a user would do them.
@@ -538,8 +491,7 @@ impl Peer {
     }
 
     pub fn rename(&self, from: &str, to: &str) {
-        fs::rename(self.path(from), self.path(to))
-            .unwrap_or_else(|e| panic!("mv {from} {to}: {e}"));
+        fs::rename(self.path(from), self.path(to)).unwrap_or_else(|e| panic!("mv {from} {to}: {e}"));
     }
 
     fn root_path(&self) -> &Path {
@@ -569,11 +521,7 @@ impl Peer {
     fn spawn(&mut self, args: &[&OsStr]) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         self.runs += 1;
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open log");
+        let mut log = OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
         writeln!(log, "===== run {}: teatime {args:?} =====", self.runs).expect("write log");
         let mut child = self
             .command(args)

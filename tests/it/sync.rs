@@ -45,18 +45,10 @@ fn join_copies_every_kind_of_text_file_byte_for_byte() {
     put_file(&mut expected, "nested/deeper/deepest.txt", "deep down\n");
     put_dir(&mut expected, "empty-dir");
     put_file(&mut expected, "empty.txt", "");
-    put_file(
-        &mut expected,
-        "café/ñandú.md",
-        "# Ñandú\n\nUn ave corredora.\n",
-    );
+    put_file(&mut expected, "café/ñandú.md", "# Ñandú\n\nUn ave corredora.\n");
     put_file(&mut expected, "日本語.txt", "こんにちは、世界\n");
     put_file(&mut expected, "crlf.txt", "first\r\nsecond\r\nthird\r\n");
-    put_file(
-        &mut expected,
-        "bom.txt",
-        "\u{feff}starts with a byte order mark\n",
-    );
+    put_file(&mut expected, "bom.txt", "\u{feff}starts with a byte order mark\n");
     put_file(&mut expected, "no-final-newline.txt", "the end");
 
     let mut a = Peer::share_tree("a", &expected);
@@ -238,9 +230,7 @@ fn joining_into_a_non_empty_folder_loses_nothing() {
 
     let has_both_versions = |tree: &Tree| {
         let contents: Vec<&Entry> = tree.values().collect();
-        [a_shared, b_shared]
-            .iter()
-            .all(|text| contents.contains(&&Entry::File(text.as_bytes().to_vec())))
+        [a_shared, b_shared].iter().all(|text| contents.contains(&&Entry::File(text.as_bytes().to_vec())))
     };
     wait_until("a to hold mine.txt and both shared.txt versions", || {
         let tree = a.tree();
@@ -251,14 +241,8 @@ fn joining_into_a_non_empty_folder_loses_nothing() {
 
     // Names are exact except for the pair of shared.txt versions: one of them may sit
     // under a conflict name, so only its content is checked.
-    assert_eq!(
-        tree.get("mine.txt"),
-        Some(&Entry::File(b"only B had this\n".to_vec()))
-    );
-    assert_eq!(
-        tree.get("theirs.txt"),
-        Some(&Entry::File(b"only A had this\n".to_vec()))
-    );
+    assert_eq!(tree.get("mine.txt"), Some(&Entry::File(b"only B had this\n".to_vec())));
+    assert_eq!(tree.get("theirs.txt"), Some(&Entry::File(b"only A had this\n".to_vec())));
     let shared = tree.get("shared.txt").expect("shared.txt is kept");
     assert!(
         *shared == Entry::File(a_shared.into()) || *shared == Entry::File(b_shared.into()),
@@ -272,12 +256,8 @@ fn joining_into_a_non_empty_folder_loses_nothing() {
         })
         .collect();
     files.sort();
-    let mut want: Vec<&[u8]> = vec![
-        b"only A had this\n",
-        b"only B had this\n",
-        a_shared.as_bytes(),
-        b_shared.as_bytes(),
-    ];
+    let mut want: Vec<&[u8]> =
+        vec![b"only A had this\n", b"only B had this\n", a_shared.as_bytes(), b_shared.as_bytes()];
     want.sort();
     assert_eq!(files, want, "exactly the four files, none lost or doubled");
     assert_trees(&[&a, &b], &tree);
@@ -315,15 +295,9 @@ fn received_changes_do_not_echo_back() {
     wait_converged_to(&both, &expected);
 
     for peer in both {
-        let leftovers: Vec<String> = all_paths(peer.dir())
-            .into_iter()
-            .filter(|p| p.contains(".teatime-tmp"))
-            .collect();
-        assert!(
-            leftovers.is_empty(),
-            "{} has temp files left: {leftovers:?}",
-            peer.name
-        );
+        let leftovers: Vec<String> =
+            all_paths(peer.dir()).into_iter().filter(|p| p.contains(".teatime-tmp")).collect();
+        assert!(leftovers.is_empty(), "{} has temp files left: {leftovers:?}", peer.name);
     }
     assert_trees(&both, &expected);
 }
@@ -341,10 +315,7 @@ fn an_editors_atomic_save_is_not_seen_as_a_delete() {
         put_file(&mut expected, "notes.md", draft);
         wait_converged_to(&[&a, &b], &expected);
     }
-    assert!(
-        !watch.finish(),
-        "notes.md went missing on b during an atomic save on a"
-    );
+    assert!(!watch.finish(), "notes.md went missing on b during an atomic save on a");
     assert_trees(&[&a, &b], &expected);
 }
 
@@ -352,12 +323,7 @@ fn an_editors_atomic_save_is_not_seen_as_a_delete() {
 fn malformed_tickets_are_rejected_without_side_effects() {
     let a = Peer::share("a");
     let ticket = a.ticket();
-    let cut = ticket
-        .char_indices()
-        .rev()
-        .nth(4)
-        .map(|(i, _)| i)
-        .expect("ticket longer than 5 characters");
+    let cut = ticket.char_indices().rev().nth(4).map(|(i, _)| i).expect("ticket longer than 5 characters");
     let truncated = &ticket[..cut];
 
     for (label, bad) in [("garbage", "garbage"), ("truncated", truncated)] {
@@ -371,11 +337,7 @@ fn malformed_tickets_are_rejected_without_side_effects() {
             out.stderr
         );
         let stderr = out.stderr.trim_end();
-        assert_eq!(
-            stderr.lines().count(),
-            1,
-            "{label}: stderr should be one line: {stderr:?}"
-        );
+        assert_eq!(stderr.lines().count(), 1, "{label}: stderr should be one line: {stderr:?}");
         assert!(
             !stderr.trim().is_empty() && stderr.to_lowercase().contains("ticket"),
             "{label}: stderr should name the ticket: {stderr:?}"
