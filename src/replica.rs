@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 use automerge::{ActorId, AutoCommit, ChangeHash};
 use iroh::endpoint::Connection;
 use iroh::{EndpointAddr, EndpointId};
-use teatime_crdt::{DocId, EntryKind, FileDoc, FolderDoc, render};
+use teatime_crdt::{DocId, EntryKind, FileDoc, FolderDoc, Tree, render};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -472,8 +472,9 @@ impl Replica {
                 info!(path = %s.path, "not synced: {}", s.reason);
             }
         }
+        let mut tree = None;
         for op in r.ops {
-            if let Err(e) = self.record(op) {
+            if let Err(e) = self.record(op, &mut tree) {
                 warn!("could not record a local change: {e:#}");
             }
         }
@@ -488,10 +489,44 @@ impl Replica {
         if parent.is_empty() { None } else { self.index.get(parent).map(|e| e.id) }
     }
 
+    /// The live entry the folder already shows at `path` with this kind, if any: an
+    /// untracked file there that matches it is that entry (teatime wrote it and crashed
+    /// before recording it, or the user put the same thing there), not a new one.
+    fn shown_at(&mut self, tree: &mut Option<Tree>, path: &str, kind: EntryKind) -> Option<DocId> {
+        let tree = tree.get_or_insert_with(|| render(&self.folder.entries()));
+        tree.by_path.get(path).filter(|(id, k)| *k == kind && !self.index_has_id(*id)).map(|(id, _)| *id)
+    }
+
+    fn index_has_id(&self, id: DocId) -> bool {
+        self.index.values().any(|e| e.id == id)
+    }
+
     /// Records one local change in the documents and the index.
-    fn record(&mut self, op: LocalOp) -> Result<()> {
+    fn record(&mut self, op: LocalOp, tree: &mut Option<Tree>) -> Result<()> {
         debug!(?op, "local change");
         match op {
+            LocalOp::CreateDir { path, stat, .. } if self.shown_at(tree, &path, EntryKind::Dir).is_some() => {
+                let id = self.shown_at(tree, &path, EntryKind::Dir).expect("checked in the guard");
+                let entry = IndexEntry { id, kind: EntryKind::Dir, stat, hash: [0; 32], heads: vec![] };
+                self.set_index(path, entry);
+            }
+            LocalOp::CreateFile { path, ref content, stat, hash, .. }
+                if self.shown_at(tree, &path, EntryKind::File).is_some_and(|id| {
+                    self.files.get(&id).and_then(|f| f.text()).as_deref() == Some(content.as_str())
+                }) =>
+            {
+                let id = self.shown_at(tree, &path, EntryKind::File).expect("checked in the guard");
+                let heads = hashes(&self.files.get_mut(&id).expect("checked in the guard").heads());
+                self.set_index(path, IndexEntry { id, kind: EntryKind::File, stat, hash, heads });
+            }
+            LocalOp::Edit { id, path, stat, hash, ref content }
+                if self.files.get(&id).and_then(|f| f.text()).as_deref() == Some(content.as_str()) =>
+            {
+                // The disk already holds the current text (e.g. written just before a crash,
+                // not yet recorded): nothing to ingest, only the base moves.
+                let heads = hashes(&self.files.get_mut(&id).expect("checked in the guard").heads());
+                self.set_index(path, IndexEntry { id, kind: EntryKind::File, stat, hash, heads });
+            }
             LocalOp::CreateDir { id, path, stat } => {
                 let parent = self.parent_id(&path);
                 self.folder.create_entry(id, parent, name_of(&path), EntryKind::Dir)?;
