@@ -9,8 +9,10 @@
 //! 2. write the content to a fresh temp file (reserved prefix, `O_EXCL`) in the same
 //!    directory, copying the old file's permissions;
 //! 3. fsync the temp file;
-//! 4. rename it over the target (atomic: readers see the old or the new file, never a mix);
-//! 5. fsync the directory;
+//! 4. swap it with the target in one `renameat2(RENAME_EXCHANGE)` (atomic: readers see
+//!    the old or the new file, never a mix), then check the file swapped out is still the
+//!    one recorded in step 1; if the user wrote to it in between, swap back and go to 1;
+//! 5. remove the swapped-out file and fsync the directory;
 //! 6. record the new [`Stat`] and hash in the index, so the watcher's event for our own
 //!    write is recognised as "nothing changed" (no echo).
 //!
@@ -191,7 +193,10 @@ fn ensure_dir(root: &Path, index: &mut Index, m: &mut Materialized, path: &str, 
         Err(_) => fs::create_dir(&full)?,
     }
     let stat = stat_of(&fs::symlink_metadata(&full)?);
-    index.insert(path.to_string(), IndexEntry { id, kind: EntryKind::Dir, stat, hash: [0; 32], heads: vec![] });
+    index.insert(
+        path.to_string(),
+        IndexEntry { id, kind: EntryKind::Dir, stat, hash: [0; 32], heads: vec![] },
+    );
     m.touched.insert(path.to_string());
     Ok(())
 }
@@ -231,17 +236,34 @@ fn write_file(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    let stat = write_atomic(&full, bytes, mode)?;
-    index.insert(path.to_string(), IndexEntry { id, kind: EntryKind::File, stat, hash, heads });
-    m.touched.insert(path.to_string());
+    let expected = recorded.as_ref().map(|e| e.stat);
+    match write_atomic(&full, bytes, mode, expected)? {
+        Some(stat) => {
+            index.insert(path.to_string(), IndexEntry { id, kind: EntryKind::File, stat, hash, heads });
+            m.touched.insert(path.to_string());
+        }
+        None => {
+            m.local_first.insert(path.to_string());
+        }
+    }
     Ok(())
 }
 
-/// Steps 2 to 5 of the module doc. Returns the new file's [`Stat`].
-pub fn write_atomic(target: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<Stat> {
+/// Steps 2 to 5 of the module doc. `expected` is what the target must still be
+/// (`None`: it must not exist). The swap is a `RENAME_EXCHANGE` (or `RENAME_NOREPLACE`
+/// for a new file), and the file swapped out is checked afterwards: if the user wrote to
+/// it between our check and the swap, it is swapped back and `Ok(None)` says "ingest the
+/// local edit first". Returns the new file's [`Stat`].
+pub fn write_atomic(
+    target: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+    expected: Option<Stat>,
+) -> io::Result<Option<Stat>> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
     let dir = target.parent().ok_or_else(|| io::Error::other("target has no parent"))?;
     let tmp = dir.join(format!("{TEMP_PREFIX}.{:016x}", rand::random::<u64>()));
-    let result = (|| {
+    let written = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -252,15 +274,43 @@ pub fn write_atomic(target: &Path, bytes: &[u8], mode: Option<u32>) -> io::Resul
         if let Some(mode) = mode {
             f.set_permissions(fs::Permissions::from_mode(mode & 0o777))?;
         }
-        f.sync_all()?;
-        fs::rename(&tmp, target)
+        f.sync_all()
     })();
-    if let Err(e) = result {
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
+    let outcome = match expected {
+        None => match renameat_with(CWD, &tmp, CWD, target, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(true),
+            // Someone created the file meanwhile: it is theirs, not ours to replace.
+            Err(rustix::io::Errno::EXIST) => Ok(false),
+            Err(e) => Err(io::Error::from(e)),
+        },
+        Some(expected) => match renameat_with(CWD, &tmp, CWD, target, RenameFlags::EXCHANGE) {
+            Ok(()) => {
+                // `tmp` now holds what was at the target. Renaming changed its ctime, so
+                // compare what a writer changes: inode, size, mtime.
+                let swapped = fs::symlink_metadata(&tmp).map(|m| stat_of(&m));
+                let same = swapped.as_ref().is_ok_and(|s| {
+                    s.ino == expected.ino && s.size == expected.size && s.mtime_ns == expected.mtime_ns
+                });
+                if same {
+                    Ok(true)
+                } else {
+                    renameat_with(CWD, &tmp, CWD, target, RenameFlags::EXCHANGE).map_err(io::Error::from)?;
+                    Ok(false)
+                }
+            }
+            Err(e) => Err(io::Error::from(e)),
+        },
+    };
+    let _ = fs::remove_file(&tmp);
+    if !outcome? {
+        return Ok(None);
+    }
     fsync_dir(dir);
-    Ok(stat_of(&fs::symlink_metadata(target)?))
+    Ok(Some(stat_of(&fs::symlink_metadata(target)?)))
 }
 
 fn remove_file_if_unchanged(root: &Path, path: &str, recorded: &Stat) -> io::Result<bool> {

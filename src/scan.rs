@@ -323,7 +323,10 @@ pub fn reconcile(
                         continue;
                     }
                     let id = new_id();
-                    working.insert(path.clone(), IndexEntry { id, kind: EntryKind::File, stat, hash, heads: vec![] });
+                    working.insert(
+                        path.clone(),
+                        IndexEntry { id, kind: EntryKind::File, stat, hash, heads: vec![] },
+                    );
                     out.ops.push(LocalOp::CreateFile { id, path: path.clone(), content, stat, hash });
                 }
                 Read_::NotText(reason) => out.skipped.push(Skipped { path: path.clone(), reason }),
@@ -406,14 +409,26 @@ mod tests {
                 LocalOp::CreateDir { id, path, stat } => {
                     index.insert(
                         path.clone(),
-                        IndexEntry { id: *id, kind: EntryKind::Dir, stat: *stat, hash: [0; 32], heads: vec![] },
+                        IndexEntry {
+                            id: *id,
+                            kind: EntryKind::Dir,
+                            stat: *stat,
+                            hash: [0; 32],
+                            heads: vec![],
+                        },
                     );
                 }
                 LocalOp::CreateFile { id, path, stat, hash, .. }
                 | LocalOp::Edit { id, path, stat, hash, .. } => {
                     index.insert(
                         path.clone(),
-                        IndexEntry { id: *id, kind: EntryKind::File, stat: *stat, hash: *hash, heads: vec![] },
+                        IndexEntry {
+                            id: *id,
+                            kind: EntryKind::File,
+                            stat: *stat,
+                            hash: *hash,
+                            heads: vec![],
+                        },
                     );
                 }
                 LocalOp::Move { from, to, .. } => move_in_index(index, from, to),
