@@ -43,6 +43,10 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 pub const MAX_DEBOUNCE: Duration = Duration::from_millis(250);
 /// Budget for diffing one file's new content against its document.
 const INGEST_BUDGET: Duration = Duration::from_millis(500);
+/// Outbox slots kept free for small frames (summaries, peer lists) when pushing a backlog.
+const OUTBOX_RESERVE: usize = 64;
+/// How often a backlog is retried while an outbox is full.
+const BACKLOG_POLL: Duration = Duration::from_millis(2);
 /// How many events are handled before a flush, so a flood of frames is batched.
 const MAX_EVENTS_PER_FLUSH: usize = 256;
 /// Rounds of "write remote change, find a local edit, ingest it" before giving up for now.
@@ -95,6 +99,9 @@ struct Link {
     addr: EndpointAddr,
     /// Heads the peer is known to have, per document.
     known: HashMap<DocId, Vec<ChangeHash>>,
+    /// Documents to push once the outbox has room (a whole folder at first contact
+    /// does not fit in it at once).
+    backlog: BTreeSet<DocId>,
 }
 
 /// Identity of the folder and of this replica, as stored in the folder's meta table.
@@ -128,6 +135,26 @@ pub struct Replica {
     index_touched: BTreeSet<String>,
     pending: Option<(Scope, Instant, Instant)>,
     reported: HashSet<String>,
+    tree: TreeCache,
+}
+
+/// The rendered tree, recomputed only when the folder document changed: parsing every
+/// entry out of Automerge is the expensive part of a flush.
+#[derive(Default)]
+struct TreeCache {
+    heads: Option<Vec<ChangeHash>>,
+    tree: Tree,
+}
+
+impl TreeCache {
+    fn get(&mut self, folder: &mut FolderDoc) -> &Tree {
+        let heads = folder.doc_mut().get_heads();
+        if self.heads.as_ref() != Some(&heads) {
+            self.tree = render(&folder.entries());
+            self.heads = Some(heads);
+        }
+        &self.tree
+    }
 }
 
 fn hashes(heads: &[ChangeHash]) -> Heads {
@@ -182,6 +209,7 @@ impl Replica {
             index_touched: BTreeSet::new(),
             pending: None,
             reported: HashSet::new(),
+            tree: TreeCache::default(),
         })
     }
 
@@ -211,7 +239,13 @@ impl Replica {
         }
         self.flush();
         loop {
-            let wake = self.pending.as_ref().map(|(_, quiet, _)| tokio::time::Instant::from_std(*quiet));
+            // A joiner keeps hints until the folder document arrives (a frame wakes it).
+            let scan_at = self.pending.as_ref().filter(|_| self.folder.is_ready()).map(|(_, quiet, _)| *quiet);
+            let mut wake = scan_at.map(tokio::time::Instant::from_std);
+            if self.has_backlog() {
+                let soon = tokio::time::Instant::now() + BACKLOG_POLL;
+                wake = Some(wake.map_or(soon, |w| w.min(soon)));
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -226,7 +260,9 @@ impl Replica {
                     }
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
-                    self.scan_pending();
+                    if self.pending.as_ref().is_some_and(|(_, quiet, _)| *quiet <= Instant::now()) {
+                        self.scan_pending();
+                    }
                 }
             }
             self.flush();
@@ -326,7 +362,15 @@ impl Replica {
                 self.dirty.insert(self.id.folder);
             }
         }
-        let link = Link { conn_id, dialed_by_me, outbox, conn, addr, known: HashMap::new() };
+        let link = Link {
+            conn_id,
+            dialed_by_me,
+            outbox,
+            conn,
+            addr,
+            known: HashMap::new(),
+            backlog: BTreeSet::new(),
+        };
         self.peers.insert(peer, link);
         let summary = Frame::Summary { docs: self.summary() };
         let peers = Frame::Peers { peers: self.peers.values().map(|l| l.addr.clone()).collect() };
@@ -430,9 +474,12 @@ impl Replica {
 
     /// Sends `peer` whatever it lacks of `doc`, and records that it now has our heads.
     fn push(&mut self, peer: EndpointId, doc: DocId) {
-        let Some(known) = self.peers.get(&peer).map(|l| l.known.get(&doc).cloned()) else {
+        let Some(link) = self.peers.get_mut(&peer) else { return };
+        if link.outbox.capacity() <= OUTBOX_RESERVE {
+            link.backlog.insert(doc);
             return;
-        };
+        }
+        let known = link.known.get(&doc).cloned();
         let d = self.doc_mut(doc);
         let heads = d.get_heads();
         if known.as_ref() == Some(&heads) {
@@ -455,6 +502,26 @@ impl Replica {
         }
     }
 
+    /// Pushes backlogged documents while the outboxes have room.
+    fn drain_backlogs(&mut self) {
+        let peers: Vec<EndpointId> =
+            self.peers.iter().filter(|(_, l)| !l.backlog.is_empty()).map(|(p, _)| *p).collect();
+        for peer in peers {
+            loop {
+                let Some(link) = self.peers.get_mut(&peer) else { break };
+                if link.outbox.capacity() <= OUTBOX_RESERVE {
+                    break;
+                }
+                let Some(doc) = link.backlog.pop_first() else { break };
+                self.push(peer, doc);
+            }
+        }
+    }
+
+    fn has_backlog(&self) -> bool {
+        self.peers.values().any(|l| !l.backlog.is_empty())
+    }
+
     fn scan_pending(&mut self) {
         if !self.folder.is_ready() {
             return; // a joiner waits for the folder document before recording anything
@@ -472,9 +539,11 @@ impl Replica {
                 info!(path = %s.path, "not synced: {}", s.reason);
             }
         }
-        let mut tree = None;
+        // The tree as it was before this scan: untracked paths are matched against it.
+        let creates = r.ops.iter().any(|op| matches!(op, LocalOp::CreateDir { .. } | LocalOp::CreateFile { .. }));
+        let tree = if creates { self.tree.get(&mut self.folder).clone() } else { Tree::default() };
         for op in r.ops {
-            if let Err(e) = self.record(op, &mut tree) {
+            if let Err(e) = self.record(op, &tree) {
                 warn!("could not record a local change: {e:#}");
             }
         }
@@ -492,8 +561,7 @@ impl Replica {
     /// The live entry the folder already shows at `path` with this kind, if any: an
     /// untracked file there that matches it is that entry (teatime wrote it and crashed
     /// before recording it, or the user put the same thing there), not a new one.
-    fn shown_at(&mut self, tree: &mut Option<Tree>, path: &str, kind: EntryKind) -> Option<DocId> {
-        let tree = tree.get_or_insert_with(|| render(&self.folder.entries()));
+    fn shown_at(&self, tree: &Tree, path: &str, kind: EntryKind) -> Option<DocId> {
         tree.by_path.get(path).filter(|(id, k)| *k == kind && !self.index_has_id(*id)).map(|(id, _)| *id)
     }
 
@@ -502,7 +570,7 @@ impl Replica {
     }
 
     /// Records one local change in the documents and the index.
-    fn record(&mut self, op: LocalOp, tree: &mut Option<Tree>) -> Result<()> {
+    fn record(&mut self, op: LocalOp, tree: &Tree) -> Result<()> {
         debug!(?op, "local change");
         match op {
             LocalOp::CreateDir { path, stat, .. } if self.shown_at(tree, &path, EntryKind::Dir).is_some() => {
@@ -612,13 +680,13 @@ impl Replica {
                 break;
             }
             let changed = std::mem::take(&mut self.remote_changed);
-            let tree = render(&self.folder.entries());
+            let tree = self.tree.get(&mut self.folder);
             let files = &mut self.files;
             let mut text_of = |id: DocId| {
                 let f = files.get_mut(&id)?;
                 Some((f.text()?, hashes(&f.heads())))
             };
-            let m = materialize(&self.root, &tree, &mut self.index, &changed, &mut text_of);
+            let m = materialize(&self.root, tree, &mut self.index, &changed, &mut text_of);
             self.index_touched.extend(m.touched);
             for (path, err) in m.errors {
                 warn!(%path, "could not apply a remote change: {err}");
@@ -633,6 +701,7 @@ impl Replica {
             self.remote_changed.extend(self.dirty.iter().copied());
         }
         self.persist_index();
+        self.drain_backlogs();
         let peers: Vec<EndpointId> = self.peers.keys().copied().collect();
         for doc in to_send {
             for peer in &peers {

@@ -33,10 +33,41 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// Whether `path` is one of the scope's paths or below one: a lookup per ancestor,
+    /// so a burst of thousands of hinted paths stays cheap.
     fn contains(&self, path: &str) -> bool {
         match self {
             Scope::All => true,
-            Scope::Paths(ps) => ps.iter().any(|p| is_within(path, p)),
+            Scope::Paths(ps) => {
+                let mut cur = path;
+                loop {
+                    if ps.contains(cur) {
+                        return true;
+                    }
+                    match cur.rfind('/') {
+                        Some(i) => cur = &cur[..i],
+                        None => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The index entries inside the scope.
+    fn select(&self, index: &Index) -> Index {
+        match self {
+            Scope::All => index.clone(),
+            Scope::Paths(ps) => {
+                let mut out = Index::new();
+                for p in ps {
+                    for (k, v) in index.range(p.clone()..).take_while(|(k, _)| k.starts_with(p.as_str())) {
+                        if is_within(k, p) {
+                            out.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                out
+            }
         }
     }
 }
@@ -265,7 +296,8 @@ pub fn reconcile(
 ) -> Reconciled {
     let mut out = Reconciled::default();
     let disk = walk(root, scope, &mut out.skipped);
-    let mut working = index.clone();
+    // Only what the scope covers: a hint about one file must not copy a 100k-entry index.
+    let mut working = scope.select(index);
 
     let on_disk_as = |path: &str, kind: EntryKind| disk.get(path).is_some_and(|d| d.kind == kind);
 
@@ -274,7 +306,7 @@ pub fn reconcile(
     let mut gone_by_hash: BTreeMap<[u8; 32], String> = BTreeMap::new();
     // Ignored index paths (e.g. an entry moved aside mid-materialisation) are never "gone".
     let in_scope = |path: &str| scope.contains(path) && !is_ignored_path(path);
-    for (path, e) in index {
+    for (path, e) in &working {
         if in_scope(path) && !on_disk_as(path, e.kind) {
             gone_by_ino.insert(e.stat.ino, path.clone());
             if e.kind == EntryKind::File {

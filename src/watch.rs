@@ -21,6 +21,8 @@ pub fn start(root: &Path, inbox: mpsc::Sender<Event>) -> Result<RecommendedWatch
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let scope = match res {
             Ok(ev) if ev.need_rescan() => Some(Scope::All),
+            // Reads (ours included, while scanning) change nothing.
+            Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => None,
             Ok(ev) => {
                 let paths: BTreeSet<String> = ev.paths.iter().filter_map(|p| relative(&base, p)).collect();
                 (!paths.is_empty()).then_some(Scope::Paths(paths))
