@@ -42,8 +42,9 @@ pub struct Materialized {
     /// Paths where the disk holds something teatime has not recorded: ingest them, then
     /// materialise again.
     pub local_first: BTreeSet<String>,
-    /// Failures, by path (the rest of the folder still proceeds).
-    pub errors: Vec<(String, io::Error)>,
+    /// Failures, by path and entry (the rest of the folder still proceeds; the caller
+    /// retries these later).
+    pub errors: Vec<(String, DocId, io::Error)>,
 }
 
 /// Makes disk match `tree`. `text_of` renders a file's content and the heads it is at
@@ -73,7 +74,7 @@ pub fn materialize(
             Ok(false) => {
                 m.local_first.insert(path.clone());
             }
-            Err(err) => m.errors.push((path.clone(), err)),
+            Err(err) => m.errors.push((path.clone(), e.id, err)),
         }
     }
     for (path, _) in doomed.iter().rev().filter(|(_, e)| e.kind == EntryKind::Dir) {
@@ -101,7 +102,7 @@ pub fn materialize(
             && current != *path
         {
             if let Err(err) = move_entry(root, index, &mut where_is, &mut m, &current, path) {
-                m.errors.push((path.clone(), err));
+                m.errors.push((path.clone(), id, err));
                 continue;
             }
         }
@@ -122,7 +123,7 @@ pub fn materialize(
             }
         };
         if let Err(err) = result {
-            m.errors.push((path.clone(), err));
+            m.errors.push((path.clone(), id, err));
         }
         if let Some(e) = index.get(path) {
             where_is.insert(e.id, path.clone());

@@ -47,6 +47,8 @@ const INGEST_BUDGET: Duration = Duration::from_millis(500);
 const OUTBOX_RESERVE: usize = 64;
 /// How often a backlog is retried while an outbox is full.
 const BACKLOG_POLL: Duration = Duration::from_millis(2);
+/// Delay before retrying a remote change that could not be written.
+const RETRY_DELAY: Duration = Duration::from_millis(300);
 /// How many events are handled before a flush, so a flood of frames is batched.
 const MAX_EVENTS_PER_FLUSH: usize = 256;
 /// Rounds of "write remote change, find a local edit, ingest it" before giving up for now.
@@ -136,6 +138,9 @@ pub struct Replica {
     pending: Option<(Scope, Instant, Instant)>,
     reported: HashSet<String>,
     tree: TreeCache,
+    /// Documents whose materialisation failed, and when to try again.
+    retry: HashSet<DocId>,
+    retry_at: Option<Instant>,
 }
 
 /// The rendered tree, recomputed only when the folder document changed: parsing every
@@ -210,6 +215,8 @@ impl Replica {
             pending: None,
             reported: HashSet::new(),
             tree: TreeCache::default(),
+            retry: HashSet::new(),
+            retry_at: None,
         })
     }
 
@@ -242,6 +249,10 @@ impl Replica {
             // A joiner keeps hints until the folder document arrives (a frame wakes it).
             let scan_at = self.pending.as_ref().filter(|_| self.folder.is_ready()).map(|(_, quiet, _)| *quiet);
             let mut wake = scan_at.map(tokio::time::Instant::from_std);
+            if let Some(at) = self.retry_at {
+                let at = tokio::time::Instant::from_std(at);
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
             if self.has_backlog() {
                 let soon = tokio::time::Instant::now() + BACKLOG_POLL;
                 wake = Some(wake.map_or(soon, |w| w.min(soon)));
@@ -262,6 +273,10 @@ impl Replica {
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                     if self.pending.as_ref().is_some_and(|(_, quiet, _)| *quiet <= Instant::now()) {
                         self.scan_pending();
+                    }
+                    if self.retry_at.is_some_and(|at| at <= Instant::now()) {
+                        self.retry_at = None;
+                        self.remote_changed.extend(self.retry.drain());
                     }
                 }
             }
@@ -688,10 +703,16 @@ impl Replica {
             };
             let m = materialize(&self.root, tree, &mut self.index, &changed, &mut text_of);
             self.index_touched.extend(m.touched);
-            for (path, err) in m.errors {
-                warn!(%path, "could not apply a remote change: {err}");
+            for (path, id, err) in m.errors {
+                // Often transient (a local move not scanned yet): try again shortly.
+                warn!(%path, "could not apply a remote change (will retry): {err}");
+                self.schedule_retry([id]);
             }
             if m.local_first.is_empty() {
+                break;
+            }
+            if round + 1 == MAX_MATERIALIZE_ROUNDS {
+                self.schedule_retry(changed.iter().copied());
                 break;
             }
             debug!(round, paths = ?m.local_first, "local edits found where remote changes land: ingesting first");
@@ -708,6 +729,11 @@ impl Replica {
                 self.push(*peer, doc);
             }
         }
+    }
+
+    fn schedule_retry(&mut self, ids: impl IntoIterator<Item = DocId>) {
+        self.retry.extend(ids);
+        self.retry_at.get_or_insert_with(|| Instant::now() + RETRY_DELAY);
     }
 
     fn persist_docs(&mut self, to_send: &mut BTreeSet<DocId>) {

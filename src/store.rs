@@ -260,7 +260,7 @@ mod tests {
         {
             let mut s = Store::open(&path).unwrap();
             assert!(Store::open(&path).is_err(), "second open must be refused");
-            let entry = IndexEntry { id, kind: EntryKind::File, stat: Stat::default(), hash: [1; 32] };
+            let entry = IndexEntry { id, kind: EntryKind::File, stat: Stat::default(), hash: [1; 32], heads: vec![] };
             s.commit(Batch {
                 snapshots: vec![(id, b"snap".to_vec())],
                 changes: vec![(id, b"c0".to_vec()), (id, b"c1".to_vec())],
