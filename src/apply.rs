@@ -194,10 +194,7 @@ fn ensure_dir(root: &Path, index: &mut Index, m: &mut Materialized, path: &str, 
         Err(_) => fs::create_dir(&full)?,
     }
     let stat = stat_of(&fs::symlink_metadata(&full)?);
-    index.insert(
-        path.to_string(),
-        IndexEntry { id, kind: EntryKind::Dir, stat, hash: [0; 32], heads: vec![] },
-    );
+    index.insert(path.to_string(), IndexEntry::dir(id, stat));
     m.touched.insert(path.to_string());
     Ok(())
 }
@@ -240,7 +237,7 @@ fn write_file(
     let expected = recorded.as_ref().map(|e| e.stat);
     match write_atomic(&full, bytes, mode, expected)? {
         Some(stat) => {
-            index.insert(path.to_string(), IndexEntry { id, kind: EntryKind::File, stat, hash, heads });
+            index.insert(path.to_string(), IndexEntry::file(id, stat, hash, heads));
             m.touched.insert(path.to_string());
         }
         None => {

@@ -247,7 +247,8 @@ impl Replica {
         self.flush();
         loop {
             // A joiner keeps hints until the folder document arrives (a frame wakes it).
-            let scan_at = self.pending.as_ref().filter(|_| self.folder.is_ready()).map(|(_, quiet, _)| *quiet);
+            let scan_at =
+                self.pending.as_ref().filter(|_| self.folder.is_ready()).map(|(_, quiet, _)| *quiet);
             let mut wake = scan_at.map(tokio::time::Instant::from_std);
             if let Some(at) = self.retry_at {
                 let at = tokio::time::Instant::from_std(at);
@@ -555,7 +556,8 @@ impl Replica {
             }
         }
         // The tree as it was before this scan: untracked paths are matched against it.
-        let creates = r.ops.iter().any(|op| matches!(op, LocalOp::CreateDir { .. } | LocalOp::CreateFile { .. }));
+        let creates =
+            r.ops.iter().any(|op| matches!(op, LocalOp::CreateDir { .. } | LocalOp::CreateFile { .. }));
         let tree = if creates { self.tree.get(&mut self.folder).clone() } else { Tree::default() };
         for op in r.ops {
             if let Err(e) = self.record(op, &tree) {
@@ -590,7 +592,7 @@ impl Replica {
         match op {
             LocalOp::CreateDir { path, stat, .. } if self.shown_at(tree, &path, EntryKind::Dir).is_some() => {
                 let id = self.shown_at(tree, &path, EntryKind::Dir).expect("checked in the guard");
-                let entry = IndexEntry { id, kind: EntryKind::Dir, stat, hash: [0; 32], heads: vec![] };
+                let entry = IndexEntry::dir(id, stat);
                 self.set_index(path, entry);
             }
             LocalOp::CreateFile { path, ref content, stat, hash, .. }
@@ -600,7 +602,7 @@ impl Replica {
             {
                 let id = self.shown_at(tree, &path, EntryKind::File).expect("checked in the guard");
                 let heads = hashes(&self.files.get_mut(&id).expect("checked in the guard").heads());
-                self.set_index(path, IndexEntry { id, kind: EntryKind::File, stat, hash, heads });
+                self.set_index(path, IndexEntry::file(id, stat, hash, heads));
             }
             LocalOp::Edit { id, path, stat, hash, ref content }
                 if self.files.get(&id).and_then(|f| f.text()).as_deref() == Some(content.as_str()) =>
@@ -608,13 +610,13 @@ impl Replica {
                 // The disk already holds the current text (e.g. written just before a crash,
                 // not yet recorded): nothing to ingest, only the base moves.
                 let heads = hashes(&self.files.get_mut(&id).expect("checked in the guard").heads());
-                self.set_index(path, IndexEntry { id, kind: EntryKind::File, stat, hash, heads });
+                self.set_index(path, IndexEntry::file(id, stat, hash, heads));
             }
             LocalOp::CreateDir { id, path, stat } => {
                 let parent = self.parent_id(&path);
                 self.folder.create_entry(id, parent, name_of(&path), EntryKind::Dir)?;
                 self.dirty.insert(self.id.folder);
-                let entry = IndexEntry { id, kind: EntryKind::Dir, stat, hash: [0; 32], heads: vec![] };
+                let entry = IndexEntry::dir(id, stat);
                 self.set_index(path, entry);
             }
             LocalOp::CreateFile { id, path, content, stat, hash } => {
@@ -624,7 +626,7 @@ impl Replica {
                 let parent = self.parent_id(&path);
                 self.folder.create_entry(id, parent, name_of(&path), EntryKind::File)?;
                 self.dirty.extend([id, self.id.folder]);
-                let entry = IndexEntry { id, kind: EntryKind::File, stat, hash, heads };
+                let entry = IndexEntry::file(id, stat, hash, heads);
                 self.set_index(path, entry);
             }
             LocalOp::Move { id, from, to } => {
@@ -662,13 +664,12 @@ impl Replica {
                     self.folder.set_deleted(id, false)?;
                     self.dirty.insert(self.id.folder);
                 }
-                let entry = IndexEntry { id, kind: EntryKind::File, stat, hash, heads };
+                let entry = IndexEntry::file(id, stat, hash, heads);
                 self.set_index(path, entry);
             }
             LocalOp::Touch { path, stat } => {
-                if let Some(mut e) = self.index.get(&path).cloned() {
-                    e.stat = stat;
-                    self.set_index(path, e);
+                if let Some(e) = self.index.get(&path).cloned() {
+                    self.set_index(path, IndexEntry::file(e.id, stat, e.hash, e.heads));
                 }
             }
             LocalOp::Delete { id, path } => {

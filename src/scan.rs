@@ -241,6 +241,30 @@ pub struct Reconciled {
     pub skipped: Vec<Skipped>,
 }
 
+/// A file that just became empty, or lost most of its size, may be a writer's
+/// truncate-then-write caught in the middle (`fs::write`, many editors' non-atomic
+/// saves). Ingesting that would delete the text for every peer, so such a file must keep
+/// its new size for a while before it counts. Normal edits are not delayed.
+const EMPTIED_SETTLE: std::time::Duration = std::time::Duration::from_millis(1000);
+const SHRUNK_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+fn is_settling(old_size: u64, now: &Stat) -> bool {
+    let settle = if now.size == 0 && old_size > 0 {
+        EMPTIED_SETTLE
+    } else if now.size < old_size / 2 {
+        SHRUNK_SETTLE
+    } else {
+        return false;
+    };
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    let age_ns = now_ns - now.mtime_ns;
+    // A modification time in the future (clock skew) counts as settled: never wait on it.
+    (0..settle.as_nanos() as i128).contains(&age_ns)
+}
+
 /// Content read from a file, if it is text.
 enum Read_ {
     Text { content: String, stat: Stat, hash: [u8; 32] },
@@ -333,10 +357,7 @@ pub fn reconcile(
         match d.kind {
             EntryKind::Dir => {
                 let id = new_id();
-                working.insert(
-                    path.clone(),
-                    IndexEntry { id, kind: EntryKind::Dir, stat: d.stat, hash: [0; 32], heads: vec![] },
-                );
+                working.insert(path.clone(), IndexEntry::dir(id, d.stat));
                 out.ops.push(LocalOp::CreateDir { id, path: path.clone(), stat: d.stat });
             }
             EntryKind::File => match read_text(root, path, text_limit) {
@@ -355,10 +376,9 @@ pub fn reconcile(
                         continue;
                     }
                     let id = new_id();
-                    working.insert(
-                        path.clone(),
-                        IndexEntry { id, kind: EntryKind::File, stat, hash, heads: vec![] },
-                    );
+                    // Just read: not racy within this pass.
+                    let entry = IndexEntry { racy: false, ..IndexEntry::file(id, stat, hash, vec![]) };
+                    working.insert(path.clone(), entry);
                     out.ops.push(LocalOp::CreateFile { id, path: path.clone(), content, stat, hash });
                 }
                 Read_::NotText(reason) => out.skipped.push(Skipped { path: path.clone(), reason }),
@@ -371,11 +391,15 @@ pub fn reconcile(
     // Known paths whose metadata changed: read and compare content.
     for (path, d) in &disk {
         let Some(e) = working.get(path) else { continue };
-        if e.kind != d.kind || e.kind == EntryKind::Dir || e.stat == d.stat {
+        if e.kind != d.kind || e.kind == EntryKind::Dir || (e.stat == d.stat && !e.racy) {
             continue;
         }
         let id = e.id;
         let old_hash = e.hash;
+        if is_settling(e.stat.size, &d.stat) {
+            out.unstable.push(path.clone());
+            continue;
+        }
         match read_text(root, path, text_limit) {
             Read_::Text { content, stat, hash } => {
                 if hash == old_hash {
@@ -439,29 +463,11 @@ mod tests {
         for op in ops {
             match op {
                 LocalOp::CreateDir { id, path, stat } => {
-                    index.insert(
-                        path.clone(),
-                        IndexEntry {
-                            id: *id,
-                            kind: EntryKind::Dir,
-                            stat: *stat,
-                            hash: [0; 32],
-                            heads: vec![],
-                        },
-                    );
+                    index.insert(path.clone(), IndexEntry::dir(*id, *stat));
                 }
                 LocalOp::CreateFile { id, path, stat, hash, .. }
                 | LocalOp::Edit { id, path, stat, hash, .. } => {
-                    index.insert(
-                        path.clone(),
-                        IndexEntry {
-                            id: *id,
-                            kind: EntryKind::File,
-                            stat: *stat,
-                            hash: *hash,
-                            heads: vec![],
-                        },
-                    );
+                    index.insert(path.clone(), IndexEntry::file(*id, *stat, *hash, vec![]));
                 }
                 LocalOp::Move { from, to, .. } => move_in_index(index, from, to),
                 LocalOp::Touch { path, stat } => index.get_mut(path).unwrap().stat = *stat,
@@ -488,7 +494,14 @@ mod tests {
         assert_eq!(r.skipped.len(), 1);
         apply(&mut index, &r.ops);
 
-        // Nothing changed: nothing to do, nothing read.
+        // Nothing changed: nothing to do (files written this instant are "racy" and get
+        // re-read, which at most refreshes their metadata).
+        let r = reconcile(root, &index, &Scope::All, DEFAULT_TEXT_LIMIT_BYTES, &mut new_id);
+        assert!(r.ops.iter().all(|op| matches!(op, LocalOp::Touch { .. })), "{:?}", r.ops);
+        apply(&mut index, &r.ops);
+        for e in index.values_mut() {
+            e.racy = false;
+        }
         let r = reconcile(root, &index, &Scope::All, DEFAULT_TEXT_LIMIT_BYTES, &mut new_id);
         assert!(r.ops.is_empty(), "{:?}", r.ops);
 

@@ -62,6 +62,37 @@ pub struct IndexEntry {
     /// Heads of the file's document whose text is that content (files only): the base
     /// a local edit is made against, so it merges with changes that arrived meanwhile.
     pub heads: Vec<[u8; 32]>,
+    /// The modification time was within [`RACY_WINDOW`] of the moment it was recorded: a
+    /// same-size write in the same timestamp tick would look unchanged, so the content is
+    /// compared even when the metadata matches (git's "racily clean" entries).
+    pub racy: bool,
+}
+
+/// File system timestamps are coarse (a kernel tick, a few ms): a write this close to
+/// the moment of recording may not change the recorded mtime.
+pub const RACY_WINDOW_NS: i128 = 50_000_000;
+
+impl IndexEntry {
+    /// A file seen (or written) with this metadata, content hash and document heads.
+    pub fn file(id: DocId, stat: Stat, hash: [u8; 32], heads: Vec<[u8; 32]>) -> Self {
+        IndexEntry { id, kind: EntryKind::File, stat, hash, heads, racy: stat.is_recent() }
+    }
+
+    /// A directory.
+    pub fn dir(id: DocId, stat: Stat) -> Self {
+        IndexEntry { id, kind: EntryKind::Dir, stat, hash: [0; 32], heads: vec![], racy: false }
+    }
+}
+
+impl Stat {
+    /// Whether the modification time is within [`RACY_WINDOW_NS`] of now (or in the future).
+    pub fn is_recent(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        now - self.mtime_ns < RACY_WINDOW_NS
+    }
 }
 
 /// The local index: path -> what is there, as teatime last recorded it.
@@ -260,7 +291,7 @@ mod tests {
         {
             let mut s = Store::open(&path).unwrap();
             assert!(Store::open(&path).is_err(), "second open must be refused");
-            let entry = IndexEntry { id, kind: EntryKind::File, stat: Stat::default(), hash: [1; 32], heads: vec![] };
+            let entry = IndexEntry::file(id, Stat::default(), [1; 32], vec![]);
             s.commit(Batch {
                 snapshots: vec![(id, b"snap".to_vec())],
                 changes: vec![(id, b"c0".to_vec()), (id, b"c1".to_vec())],
