@@ -100,11 +100,10 @@ pub fn materialize(
     for (path, &(id, kind)) in &tree.by_path {
         if let Some(current) = where_is.get(&id).cloned()
             && current != *path
+            && let Err(err) = move_entry(root, index, &mut where_is, &mut m, &current, path)
         {
-            if let Err(err) = move_entry(root, index, &mut where_is, &mut m, &current, path) {
-                m.errors.push((path.clone(), id, err));
-                continue;
-            }
+            m.errors.push((path.clone(), id, err));
+            continue;
         }
         let result = match kind {
             EntryKind::Dir => ensure_dir(root, index, &mut m, path, id),

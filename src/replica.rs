@@ -523,12 +523,10 @@ impl Replica {
         let peers: Vec<EndpointId> =
             self.peers.iter().filter(|(_, l)| !l.backlog.is_empty()).map(|(p, _)| *p).collect();
         for peer in peers {
-            loop {
-                let Some(link) = self.peers.get_mut(&peer) else { break };
-                if link.outbox.capacity() <= OUTBOX_RESERVE {
-                    break;
-                }
-                let Some(doc) = link.backlog.pop_first() else { break };
+            while let Some(link) = self.peers.get_mut(&peer)
+                && link.outbox.capacity() > OUTBOX_RESERVE
+                && let Some(doc) = link.backlog.pop_first()
+            {
                 self.push(peer, doc);
             }
         }
