@@ -504,8 +504,14 @@ impl Replica {
         let data = match known {
             // Only heads we have can bound what to send; unknown ones are theirs to send us.
             Some(k) => {
-                let base: Vec<ChangeHash> =
-                    k.into_iter().filter(|h| d.get_change_by_hash(h).is_some()).collect();
+                let base: Vec<ChangeHash> = if d.get_missing_deps(&[]).is_empty() {
+                    // Nothing queued: a change-graph lookup says exactly which we have
+                    // (get_change_by_hash would rebuild each change, O(document)).
+                    let missing = d.get_missing_deps(&k);
+                    k.into_iter().filter(|h| !missing.contains(h)).collect()
+                } else {
+                    k.into_iter().filter(|h| d.get_change_by_hash(h).is_some()).collect()
+                };
                 if base.is_empty() { d.save() } else { d.save_after(&base) }
             }
             None => d.save(),

@@ -78,7 +78,14 @@ impl FileDoc {
         deadline: Instant,
     ) -> Result<bool, ModelError> {
         let current = self.doc.get_heads();
-        let base_known = !base.is_empty() && base.iter().all(|h| self.doc.get_change_by_hash(h).is_some());
+        // A change-graph lookup (get_change_by_hash would rebuild each change, O(document));
+        // exact only while nothing is queued, since queued changes count as present.
+        let base_known = !base.is_empty()
+            && if self.doc.get_missing_deps(&[]).is_empty() {
+                self.doc.get_missing_deps(base).is_empty()
+            } else {
+                base.iter().all(|h| self.doc.get_change_by_hash(h).is_some())
+            };
         if base == current.as_slice() || !base_known {
             return self.ingest(content, deadline);
         }

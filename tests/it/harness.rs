@@ -431,6 +431,11 @@ impl Peer {
         }
     }
 
+    /// Whether this peer's process is still running (not exited, not stopped).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL, no questions asked.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("peer is not running");

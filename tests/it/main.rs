@@ -7,5 +7,7 @@
 // The harness stops peers with `kill -TERM` and reads Unix exit statuses.
 #![cfg(unix)]
 
+mod auth;
 mod harness;
+mod scenarios;
 mod sync;
