@@ -17,6 +17,7 @@
 //! as `save_after(known heads)` (or a whole `save()` for a document the peer lacks), which
 //! QUIC delivers in order. One message per change, no round trips.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,7 +26,7 @@ use anyhow::{Context, Result};
 use automerge::{ActorId, AutoCommit, ChangeHash};
 use iroh::endpoint::Connection;
 use iroh::{EndpointAddr, EndpointId};
-use teatime_crdt::{DocId, EntryKind, FileDoc, FolderDoc, Tree, render};
+use teatime_crdt::{DocId, EntryKind, FileDoc, FileFacts, FolderDoc, FolderView, Stamp, Tree, render};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -143,8 +144,9 @@ pub struct Replica {
     retry_at: Option<Instant>,
 }
 
-/// The rendered tree, recomputed only when the folder document changed: parsing every
-/// entry out of Automerge is the expensive part of a flush.
+/// The rendered tree, recomputed only when the folder document changed or a file
+/// document it depends on did: parsing every entry out of Automerge is the expensive
+/// part of a flush.
 #[derive(Default)]
 struct TreeCache {
     heads: Option<Vec<ChangeHash>>,
@@ -152,14 +154,46 @@ struct TreeCache {
 }
 
 impl TreeCache {
-    fn get(&mut self, folder: &mut FolderDoc) -> &Tree {
+    fn get(&mut self, folder: &mut FolderDoc, files: &mut HashMap<DocId, FileDoc>) -> &Tree {
         let heads = folder.doc_mut().get_heads();
         if self.heads.as_ref() != Some(&heads) {
-            self.tree = render(&folder.entries());
+            let entries = folder.entries();
+            let members = folder.members();
+            let view = FolderView { entries: &entries, strategy: folder.strategy(), members: &members };
+            self.tree = render(&view, &Facts(RefCell::new(files)));
             self.heads = Some(heads);
         }
         &self.tree
     }
+
+    /// A file document changed: the tree is stale if it depended on it.
+    fn file_changed(&mut self, id: DocId) {
+        if self.tree.depends_on.contains(&id) {
+            self.heads = None;
+        }
+    }
+}
+
+/// What rendering needs to know about file documents, read from the replica's documents.
+struct Facts<'a>(RefCell<&'a mut HashMap<DocId, FileDoc>>);
+
+impl FileFacts for Facts<'_> {
+    fn edited_since(&self, id: DocId, seen: &[ChangeHash]) -> bool {
+        self.0.borrow_mut().get_mut(&id).is_some_and(|f| f.edited_since(seen))
+    }
+
+    fn content(&self, id: DocId) -> Option<[u8; 32]> {
+        let text = self.0.borrow().get(&id)?.text()?;
+        Some(*blake3::hash(text.as_bytes()).as_bytes())
+    }
+}
+
+/// Milliseconds since the epoch: the wall clock, used only to weigh races.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn hashes(heads: &[ChangeHash]) -> Heads {
@@ -562,7 +596,8 @@ impl Replica {
         // The tree as it was before this scan: untracked paths are matched against it.
         let creates =
             r.ops.iter().any(|op| matches!(op, LocalOp::CreateDir { .. } | LocalOp::CreateFile { .. }));
-        let tree = if creates { self.tree.get(&mut self.folder).clone() } else { Tree::default() };
+        let tree =
+            if creates { self.tree.get(&mut self.folder, &mut self.files).clone() } else { Tree::default() };
         for op in r.ops {
             if let Err(e) = self.record(op, &tree) {
                 warn!("could not record a local change: {e:#}");
@@ -572,6 +607,10 @@ impl Replica {
         if !r.unstable.is_empty() {
             self.hint(Scope::Paths(r.unstable.into_iter().collect()));
         }
+    }
+
+    fn stamp(&self) -> Stamp {
+        Stamp::new(now_ms(), &self.me.to_string())
     }
 
     fn parent_id(&self, path: &str) -> Option<DocId> {
@@ -618,7 +657,7 @@ impl Replica {
             }
             LocalOp::CreateDir { id, path, stat } => {
                 let parent = self.parent_id(&path);
-                self.folder.create_entry(id, parent, name_of(&path), EntryKind::Dir)?;
+                self.folder.create_entry(id, parent, name_of(&path), EntryKind::Dir, &self.stamp())?;
                 self.dirty.insert(self.id.folder);
                 let entry = IndexEntry::dir(id, stat);
                 self.set_index(path, entry);
@@ -628,7 +667,7 @@ impl Replica {
                 let heads = hashes(&file.heads());
                 self.files.insert(id, file);
                 let parent = self.parent_id(&path);
-                self.folder.create_entry(id, parent, name_of(&path), EntryKind::File)?;
+                self.folder.create_entry(id, parent, name_of(&path), EntryKind::File, &self.stamp())?;
                 self.dirty.extend([id, self.id.folder]);
                 let entry = IndexEntry::file(id, stat, hash, heads);
                 self.set_index(path, entry);
@@ -641,9 +680,9 @@ impl Replica {
                 move_in_index(&mut self.index, &from, &to);
                 let new_keys = within(&self.index, &to);
                 self.index_touched.extend(old_keys.into_iter().chain(new_keys));
-                self.folder.move_entry(id, self.parent_id(&to), name_of(&to))?;
+                self.folder.move_entry(id, self.parent_id(&to), name_of(&to), &self.stamp())?;
                 // A move of something a peer deleted meanwhile brings it back: nothing lost.
-                self.folder.set_deleted(id, false)?;
+                self.folder.undelete(id)?;
                 self.dirty.insert(self.id.folder);
             }
             LocalOp::Edit { id, path, content, stat, hash } => {
@@ -664,8 +703,8 @@ impl Replica {
                     self.remote_changed.insert(id);
                 }
                 // An edit beats a concurrent delete: the file comes back.
-                if self.folder.entry(id).is_some_and(|e| e.deleted) {
-                    self.folder.set_deleted(id, false)?;
+                if self.folder.entry(id).is_some_and(|e| !e.deletions.is_empty()) {
+                    self.folder.undelete(id)?;
                     self.dirty.insert(self.id.folder);
                 }
                 let entry = IndexEntry::file(id, stat, hash, heads);
@@ -677,7 +716,9 @@ impl Replica {
                 }
             }
             LocalOp::Delete { id, path } => {
-                self.folder.set_deleted(id, true)?;
+                // The deletion names the version it saw: an edit it had not seen beats it.
+                let seen = self.files.get_mut(&id).map(|f| f.heads()).unwrap_or_default();
+                self.folder.delete_entry(id, &self.stamp(), seen)?;
                 self.dirty.insert(self.id.folder);
                 self.index.remove(&path);
                 self.index_touched.insert(path);
@@ -700,7 +741,10 @@ impl Replica {
                 break;
             }
             let changed = std::mem::take(&mut self.remote_changed);
-            let tree = self.tree.get(&mut self.folder);
+            if self.record_duplicates() {
+                self.persist_docs(&mut to_send);
+            }
+            let tree = self.tree.get(&mut self.folder, &mut self.files);
             let files = &mut self.files;
             let mut text_of = |id: DocId| {
                 let f = files.get_mut(&id)?;
@@ -736,6 +780,25 @@ impl Replica {
         }
     }
 
+    /// The same file created on two peers (same path, same content) is one file: the
+    /// duplicate entry is recorded as deleted, so it stays one even if the contents later
+    /// diverge. Every peer may do this; the records agree. Returns whether it wrote.
+    fn record_duplicates(&mut self) -> bool {
+        let dups = self.tree.get(&mut self.folder, &mut self.files).duplicates.clone();
+        let mut wrote = false;
+        for dup in dups {
+            let seen = self.files.get_mut(&dup).map(|f| f.heads()).unwrap_or_default();
+            if self.folder.delete_entry(dup, &self.stamp(), seen).is_ok() {
+                wrote = true;
+            }
+        }
+        if wrote {
+            self.folder.commit();
+            self.dirty.insert(self.id.folder);
+        }
+        wrote
+    }
+
     fn schedule_retry(&mut self, ids: impl IntoIterator<Item = DocId>) {
         self.retry.extend(ids);
         self.retry_at.get_or_insert_with(|| Instant::now() + RETRY_DELAY);
@@ -750,6 +813,7 @@ impl Replica {
         for doc in &dirty {
             let snapshot = self.store.wants_snapshot(*doc);
             let prev = self.saved.get(doc).cloned();
+            self.tree.file_changed(*doc);
             let d = self.doc_mut(*doc);
             let heads = d.get_heads();
             if prev.as_ref() == Some(&heads) {

@@ -66,6 +66,20 @@ impl FileDoc {
         self.doc.get_heads()
     }
 
+    /// Whether the document holds changes not covered by `seen` (an edit made without
+    /// knowing that version). `false` while `seen` names changes not here yet: this
+    /// replica cannot tell, and the answer settles once they arrive.
+    pub fn edited_since(&mut self, seen: &[ChangeHash]) -> bool {
+        let heads = self.doc.get_heads();
+        if heads.as_slice() == seen {
+            return false;
+        }
+        if !self.doc.get_missing_deps(seen).is_empty() {
+            return false;
+        }
+        !self.doc.get_changes(seen).is_empty()
+    }
+
     /// Records `content` as an edit made to the version at `base` (the heads of the
     /// content the file held when it was last read or written). When the document has
     /// moved on since (a peer's change arrived while the user was editing), the edit is

@@ -1,23 +1,34 @@
-//! The folder document: which files and directories exist, where, and who the members are.
+//! The folder document: which files and directories exist, where, who the members are,
+//! and how races on the tree are settled.
 //!
 //! Layout (all under the root map):
 //!
 //! ```text
-//! entries: { <entry id hex>: { parent: <dir entry id hex or "">, name, kind: "file"|"dir",
-//!                              deleted: bool } }
-//! members: { <endpoint id>: { name, role } }
-//! actors:  { <automerge actor hex>: <endpoint id> }
+//! entries:  { <entry id hex>: { kind: "file"|"dir",
+//!                               created: "<ms>|<by>",
+//!                               loc:     "<ms>|<by>|<parent id hex or ''>|<name>",
+//!                               del:     "" | "<ms>|<by>|<seen heads hex,...>|<seen locs>" } }
+//! members:  { <endpoint id>: { name, role, tier } }
+//! actors:   { <automerge actor hex>: <endpoint id> }
+//! settings: { conflict_strategy: "timestamp"|"priority"|"interactive" }
 //! ```
 //!
-//! An entry's id is also its file document's id. Its location is `(parent, name)`, so a
-//! rename or move is one write, a directory move carries its children without touching
-//! them, and an edit to the file's document follows the file wherever it goes.
-//! Deletion is a flag, not a removal: history keeps the content and the entry can come back.
+//! An entry's id is also its file document's id. Its location is one register (`loc`), so
+//! a rename or move is one write, a directory move carries its subtree without touching
+//! it, and an edit to the file's document follows the file wherever it goes. Concurrent
+//! renames leave several values in the register; [`crate::tree::render`] settles them by the
+//! folder's [`Strategy`]. Every write that a strategy may have to weigh carries a
+//! [`Stamp`]: when (the writer's wall clock) and by whom.
+//!
+//! Deletion is a record, not a removal: it names the file-document heads and the
+//! locations the deleter had seen, so an edit or a rename the deleter had not seen is
+//! recognised as concurrent (an edit always beats a delete; a rename races it).
 
 use std::collections::BTreeMap;
 
 use automerge::{
-    ActorId, AutoCommit, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value, transaction::Transactable,
+    ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+    transaction::Transactable,
 };
 
 use crate::{DocId, ModelError};
@@ -25,6 +36,10 @@ use crate::{DocId, ModelError};
 const ENTRIES: &str = "entries";
 const MEMBERS: &str = "members";
 const ACTORS: &str = "actors";
+const SETTINGS: &str = "settings";
+const STRATEGY: &str = "conflict_strategy";
+/// Separates the seen locations inside a deletion record (never in a valid name).
+const LOC_SEP: char = '\u{1e}';
 
 /// File or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -52,17 +67,152 @@ impl EntryKind {
     }
 }
 
-/// One file or directory of the folder, as the folder document records it.
+/// How races the CRDT cannot settle alone are settled (see [`crate::tree`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// The later wall-clock action wins; ties broken by member id.
+    #[default]
+    Timestamp,
+    /// The member with the higher tier wins, then the later action.
+    Priority,
+    /// Races are held as pending conflicts, both sides kept, until a member resolves them.
+    Interactive,
+}
+
+impl Strategy {
+    /// The setting's text form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Timestamp => "timestamp",
+            Strategy::Priority => "priority",
+            Strategy::Interactive => "interactive",
+        }
+    }
+
+    /// Parses the setting's text form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "timestamp" => Some(Strategy::Timestamp),
+            "priority" => Some(Strategy::Priority),
+            "interactive" => Some(Strategy::Interactive),
+            _ => None,
+        }
+    }
+}
+
+/// When and by whom an action was taken.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Stamp {
+    /// The actor's wall clock, ms since the epoch. Used only to weigh races, never for
+    /// convergence.
+    pub ms: u64,
+    /// The member (endpoint id) who acted.
+    pub by: String,
+}
+
+impl Stamp {
+    /// A stamp.
+    pub fn new(ms: u64, by: &str) -> Self {
+        Stamp { ms, by: by.to_string() }
+    }
+
+    fn encode(&self) -> String {
+        format!("{}|{}", self.ms, self.by)
+    }
+
+    fn decode(s: &str) -> Option<Self> {
+        let (ms, by) = s.split_once('|')?;
+        Some(Stamp { ms: ms.parse().ok()?, by: by.to_string() })
+    }
+}
+
+/// One value of an entry's location register.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub struct Location {
     /// The directory entry it lives in; `None` for the folder root.
     pub parent: Option<DocId>,
     /// Its name in that directory (validated before it reaches disk).
     pub name: String,
+    /// Who put it there, when.
+    pub stamp: Stamp,
+    /// The stored form, compared by deletion records.
+    pub raw: String,
+}
+
+impl Location {
+    fn encode(parent: Option<DocId>, name: &str, stamp: &Stamp) -> String {
+        let parent = parent.map(|p| p.to_string()).unwrap_or_default();
+        format!("{}|{}|{}|{}", stamp.ms, stamp.by, parent, name)
+    }
+
+    fn decode(raw: &str) -> Option<Self> {
+        let mut parts = raw.splitn(4, '|');
+        let ms = parts.next()?.parse().ok()?;
+        let by = parts.next()?.to_string();
+        let parent = match parts.next()? {
+            "" => None,
+            p => Some(p.parse().ok()?),
+        };
+        let name = parts.next()?.to_string();
+        Some(Location { parent, name, stamp: Stamp { ms, by }, raw: raw.to_string() })
+    }
+}
+
+/// A deletion record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// Who deleted, when.
+    pub stamp: Stamp,
+    /// The heads of the file's document the deleter had seen (files only): a change not
+    /// covered by them is an edit the deleter did not know about, and it wins.
+    pub seen_heads: Vec<ChangeHash>,
+    /// The location values the deleter had seen: any other value is a concurrent rename.
+    pub seen_locs: Vec<String>,
+}
+
+impl Deletion {
+    fn encode(&self) -> String {
+        let heads: Vec<String> = self.seen_heads.iter().map(|h| h.to_string()).collect();
+        let locs = self.seen_locs.join(&LOC_SEP.to_string());
+        format!("{}|{}|{}", self.stamp.encode(), heads.join(","), locs)
+    }
+
+    fn decode(raw: &str) -> Option<Self> {
+        let mut parts = raw.splitn(4, '|');
+        let ms = parts.next()?.parse().ok()?;
+        let by = parts.next()?.to_string();
+        let heads = parts.next()?;
+        let seen_heads = if heads.is_empty() {
+            Vec::new()
+        } else {
+            heads.split(',').map(|h| h.parse().ok()).collect::<Option<Vec<ChangeHash>>>()?
+        };
+        let locs = parts.next().unwrap_or("");
+        let seen_locs =
+            if locs.is_empty() { Vec::new() } else { locs.split(LOC_SEP).map(String::from).collect() };
+        Some(Deletion { stamp: Stamp { ms, by }, seen_heads, seen_locs })
+    }
+}
+
+/// One file or directory of the folder, as the folder document records it, concurrent
+/// values included (the tree decides what they mean).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
     /// File or directory.
     pub kind: EntryKind,
-    /// Deleted entries keep their history; they are not on disk.
-    pub deleted: bool,
+    /// Who created it, when.
+    pub created: Stamp,
+    /// The location register's values (more than one after concurrent renames), sorted.
+    pub locs: Vec<Location>,
+    /// Deletion records in effect (several after concurrent deletes); empty = alive.
+    pub deletions: Vec<Deletion>,
+}
+
+impl Entry {
+    /// The location Automerge ranks first (callers that need a strategy use the tree).
+    pub fn any_loc(&self) -> &Location {
+        &self.locs[0]
+    }
 }
 
 /// A member of the folder.
@@ -72,6 +222,8 @@ pub struct Member {
     pub name: String,
     /// `owner`, `writer` or `reader`.
     pub role: String,
+    /// Rank under the `priority` strategy (higher wins).
+    pub tier: i64,
 }
 
 /// The folder document.
@@ -87,6 +239,8 @@ impl FolderDoc {
         doc.put_object(ROOT, ENTRIES, ObjType::Map)?;
         doc.put_object(ROOT, MEMBERS, ObjType::Map)?;
         doc.put_object(ROOT, ACTORS, ObjType::Map)?;
+        let settings = doc.put_object(ROOT, SETTINGS, ObjType::Map)?;
+        doc.put(&settings, STRATEGY, Strategy::Timestamp.as_str())?;
         let mut folder = FolderDoc { doc };
         folder.add_member(owner, owner_name, "owner")?;
         folder.commit();
@@ -130,27 +284,33 @@ impl FolderDoc {
         }
     }
 
-    fn bool_at(&self, obj: &ObjId, key: &str) -> Option<bool> {
-        match self.doc.get(obj, key) {
-            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-                ScalarValue::Boolean(b) => Some(*b),
+    /// Every value of a register, concurrent ones included, sorted (so the result does
+    /// not depend on Automerge's internal order).
+    fn all_strs(&self, obj: &ObjId, key: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .doc
+            .get_all(obj, key)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(v, _)| match v {
+                Value::Scalar(s) => match s.as_ref() {
+                    ScalarValue::Str(s) => Some(s.to_string()),
+                    _ => None,
+                },
                 _ => None,
-            },
-            _ => None,
-        }
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Every entry, deleted ones included. Entries whose fields are malformed (written
     /// by a buggy or hostile peer) are left out rather than guessed at.
     pub fn entries(&self) -> BTreeMap<DocId, Entry> {
         let mut out = BTreeMap::new();
-        let Some(entries) = self.map(ENTRIES) else {
-            return out;
-        };
+        let Some(entries) = self.map(ENTRIES) else { return out };
         for key in self.doc.keys(&entries) {
-            let Ok(id) = key.parse::<DocId>() else {
-                continue;
-            };
+            let Ok(id) = key.parse::<DocId>() else { continue };
             if let Some(entry) = self.entry(id) {
                 out.insert(id, entry);
             }
@@ -161,14 +321,20 @@ impl FolderDoc {
     /// One entry, if it exists and is well formed.
     pub fn entry(&self, id: DocId) -> Option<Entry> {
         let obj = self.entry_obj(id).ok()?;
-        let parent = match self.str_at(&obj, "parent")?.as_str() {
-            "" => None,
-            p => Some(p.parse::<DocId>().ok()?),
-        };
-        let name = self.str_at(&obj, "name")?;
         let kind = EntryKind::parse(&self.str_at(&obj, "kind")?)?;
-        let deleted = self.bool_at(&obj, "deleted").unwrap_or(false);
-        Some(Entry { parent, name, kind, deleted })
+        let created = Stamp::decode(&self.str_at(&obj, "created")?)?;
+        let locs: Vec<Location> =
+            self.all_strs(&obj, "loc").iter().filter_map(|r| Location::decode(r)).collect();
+        if locs.is_empty() {
+            return None;
+        }
+        let deletions = self
+            .all_strs(&obj, "del")
+            .iter()
+            .filter(|r| !r.is_empty())
+            .filter_map(|r| Deletion::decode(r))
+            .collect();
+        Some(Entry { kind, created, locs, deletions })
     }
 
     fn entry_obj(&self, id: DocId) -> Result<ObjId, ModelError> {
@@ -186,35 +352,75 @@ impl FolderDoc {
         parent: Option<DocId>,
         name: &str,
         kind: EntryKind,
+        stamp: &Stamp,
     ) -> Result<(), ModelError> {
         let entries = self.map(ENTRIES).ok_or(ModelError::Missing("entries"))?;
         let obj = self.doc.put_object(&entries, id.to_string(), ObjType::Map)?;
-        self.doc.put(&obj, "parent", parent.map(|p| p.to_string()).unwrap_or_default())?;
-        self.doc.put(&obj, "name", name)?;
         self.doc.put(&obj, "kind", kind.as_str())?;
-        self.doc.put(&obj, "deleted", false)?;
+        self.doc.put(&obj, "created", stamp.encode())?;
+        self.doc.put(&obj, "loc", Location::encode(parent, name, stamp))?;
+        self.doc.put(&obj, "del", "")?;
         Ok(())
     }
 
-    /// Moves or renames an entry (one write per changed field).
-    pub fn move_entry(&mut self, id: DocId, parent: Option<DocId>, name: &str) -> Result<(), ModelError> {
+    /// Moves or renames an entry: one write, which also settles any concurrent renames
+    /// this replica had seen.
+    pub fn move_entry(
+        &mut self,
+        id: DocId,
+        parent: Option<DocId>,
+        name: &str,
+        stamp: &Stamp,
+    ) -> Result<(), ModelError> {
         let obj = self.entry_obj(id)?;
-        let parent = parent.map(|p| p.to_string()).unwrap_or_default();
-        if self.str_at(&obj, "parent").as_deref() != Some(parent.as_str()) {
-            self.doc.put(&obj, "parent", parent)?;
-        }
-        if self.str_at(&obj, "name").as_deref() != Some(name) {
-            self.doc.put(&obj, "name", name)?;
+        let current = self.all_strs(&obj, "loc");
+        let unchanged = current.len() == 1
+            && Location::decode(&current[0]).is_some_and(|l| l.parent == parent && l.name == name);
+        if !unchanged {
+            self.doc.put(&obj, "loc", Location::encode(parent, name, stamp))?;
         }
         Ok(())
     }
 
-    /// Marks an entry deleted (or alive again).
-    pub fn set_deleted(&mut self, id: DocId, deleted: bool) -> Result<(), ModelError> {
+    /// Marks an entry deleted. `seen_heads` are the file document's heads as this replica
+    /// had them (empty for directories).
+    pub fn delete_entry(
+        &mut self,
+        id: DocId,
+        stamp: &Stamp,
+        seen_heads: Vec<ChangeHash>,
+    ) -> Result<(), ModelError> {
         let obj = self.entry_obj(id)?;
-        if self.bool_at(&obj, "deleted") != Some(deleted) {
-            self.doc.put(&obj, "deleted", deleted)?;
+        let seen_locs = self.all_strs(&obj, "loc");
+        let del = Deletion { stamp: stamp.clone(), seen_heads, seen_locs };
+        self.doc.put(&obj, "del", del.encode())?;
+        Ok(())
+    }
+
+    /// Makes a deleted entry alive again (a restore, or a local edit or move of it).
+    pub fn undelete(&mut self, id: DocId) -> Result<(), ModelError> {
+        let obj = self.entry_obj(id)?;
+        if self.all_strs(&obj, "del").iter().any(|d| !d.is_empty()) {
+            self.doc.put(&obj, "del", "")?;
         }
+        Ok(())
+    }
+
+    /// The folder's conflict strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.map(SETTINGS)
+            .and_then(|s| self.str_at(&s, STRATEGY))
+            .and_then(|s| Strategy::parse(&s))
+            .unwrap_or_default()
+    }
+
+    /// Sets the folder's conflict strategy.
+    pub fn set_strategy(&mut self, strategy: Strategy) -> Result<(), ModelError> {
+        let settings = match self.map(SETTINGS) {
+            Some(s) => s,
+            None => self.doc.put_object(ROOT, SETTINGS, ObjType::Map)?,
+        };
+        self.doc.put(&settings, STRATEGY, strategy.as_str())?;
         Ok(())
     }
 
@@ -234,17 +440,35 @@ impl FolderDoc {
         Ok(())
     }
 
+    /// Sets a member's tier (rank under the `priority` strategy).
+    pub fn set_tier(&mut self, endpoint: &str, tier: i64) -> Result<(), ModelError> {
+        let members = self.map(MEMBERS).ok_or(ModelError::Missing("members"))?;
+        match self.doc.get(&members, endpoint)? {
+            Some((Value::Object(ObjType::Map), obj)) => {
+                self.doc.put(&obj, "tier", tier)?;
+                Ok(())
+            }
+            _ => Err(ModelError::Missing("member")),
+        }
+    }
+
     /// The members, by endpoint id.
     pub fn members(&self) -> BTreeMap<String, Member> {
         let mut out = BTreeMap::new();
-        let Some(members) = self.map(MEMBERS) else {
-            return out;
-        };
+        let Some(members) = self.map(MEMBERS) else { return out };
         for key in self.doc.keys(&members) {
             if let Ok(Some((Value::Object(ObjType::Map), obj))) = self.doc.get(&members, &key) {
                 let name = self.str_at(&obj, "name").unwrap_or_default();
                 let role = self.str_at(&obj, "role").unwrap_or_default();
-                out.insert(key, Member { name, role });
+                let tier = match self.doc.get(&obj, "tier") {
+                    Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                        ScalarValue::Int(i) => *i,
+                        ScalarValue::Uint(u) => *u as i64,
+                        _ => 0,
+                    },
+                    _ => 0,
+                };
+                out.insert(key, Member { name, role, tier });
             }
         }
         out
@@ -271,22 +495,35 @@ mod tests {
     }
 
     #[test]
-    fn rename_is_one_field_and_follows_concurrent_edit_of_location() {
+    fn records_round_trip() {
+        let s = Stamp::new(42, "peer");
+        let loc = Location::decode(&Location::encode(Some(id(1)), "a|b.md", &s)).unwrap();
+        assert_eq!((loc.parent, loc.name.as_str(), loc.stamp.ms), (Some(id(1)), "a|b.md", 42));
+        let d = Deletion {
+            stamp: s,
+            seen_heads: vec![ChangeHash([7; 32])],
+            seen_locs: vec!["x|y".into(), "z".into()],
+        };
+        assert_eq!(Deletion::decode(&d.encode()), Some(d));
+    }
+
+    #[test]
+    fn concurrent_renames_are_all_kept_until_one_is_written_over() {
         let mut a = FolderDoc::create(ActorId::from([1; 16]), "a", "alice").unwrap();
-        a.create_entry(id(1), None, "dir", EntryKind::Dir).unwrap();
-        a.create_entry(id(2), Some(id(1)), "f.md", EntryKind::File).unwrap();
+        a.create_entry(id(2), None, "f.md", EntryKind::File, &Stamp::new(1, "a")).unwrap();
         a.commit();
         let mut b = FolderDoc::from_doc(
             AutoCommit::load(&a.doc_mut().save()).unwrap().with_actor(ActorId::from([2; 16])),
         );
-        a.move_entry(id(1), None, "renamed").unwrap();
+        a.move_entry(id(2), None, "by-a.md", &Stamp::new(5, "a")).unwrap();
         a.commit();
-        b.create_entry(id(3), Some(id(1)), "new.md", EntryKind::File).unwrap();
+        b.move_entry(id(2), None, "by-b.md", &Stamp::new(6, "b")).unwrap();
         b.commit();
-        let mut fork = b.doc_mut().fork();
-        a.doc_mut().merge(&mut fork).unwrap();
-        let tree = crate::render(&a.entries());
-        assert_eq!(tree.path_of(id(3)), Some("renamed/new.md"));
-        assert_eq!(tree.path_of(id(2)), Some("renamed/f.md"));
+        a.doc_mut().merge(b.doc_mut()).unwrap();
+        assert_eq!(a.entry(id(2)).unwrap().locs.len(), 2);
+        a.move_entry(id(2), None, "settled.md", &Stamp::new(7, "a")).unwrap();
+        a.commit();
+        let e = a.entry(id(2)).unwrap();
+        assert_eq!((e.locs.len(), e.locs[0].name.as_str()), (1, "settled.md"));
     }
 }

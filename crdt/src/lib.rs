@@ -12,9 +12,10 @@
 //! Local content enters a [`FileDoc`] through [`text::diff_splices`]: a line-then-character
 //! diff with a deadline, so a huge rewrite can never stall the node.
 //!
-//! The folder's on-disk shape is a pure function of the [`FolderDoc`]: [`tree::render`]
-//! turns entries into paths deterministically (name collisions and move cycles included),
-//! so every peer that has seen the same changes renders the same tree.
+//! The folder's on-disk shape is a pure function of the documents: [`tree::render`] turns
+//! entries into paths deterministically, settling the races the CRDT cannot settle alone
+//! (rename vs rename, rename vs delete, create vs create, ...) by the folder's
+//! [`Strategy`], so every peer that has seen the same changes renders the same tree.
 //!
 //! This crate never touches the file system, the network, a clock or a random source:
 //! ids, actors and deadlines are passed in. That is what lets a simulator drive many
@@ -30,9 +31,9 @@ pub mod tree;
 
 pub use automerge;
 pub use file::FileDoc;
-pub use folder::{Entry, EntryKind, FolderDoc, Member};
+pub use folder::{Deletion, Entry, EntryKind, FolderDoc, Location, Member, Stamp, Strategy};
 pub use ids::DocId;
-pub use tree::{Tree, render};
+pub use tree::{Conflict, FileFacts, FolderView, NoFacts, Tree, render};
 
 /// An error from the model: the Automerge document does not have the shape teatime
 /// wrote, or Automerge refused an operation.

@@ -10,10 +10,13 @@ use std::task::{Context, Poll};
 
 use iroh::endpoint::{Connection, PortmapperConfig, RecvStream, SendStream, presets};
 use iroh::{Endpoint, RelayMode, SecretKey};
+use std::collections::HashMap;
 use teatime::net::auth;
 use teatime::net::wire::{ALPN, Frame, read_frame, write_frame};
 use teatime::ticket::Ticket;
-use teatime_crdt::DocId;
+
+use teatime_crdt::automerge::AutoCommit;
+use teatime_crdt::{DocId, FileDoc, FolderDoc};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::harness::{Peer, Tree, assert_trees, deadline, put_file, wait_converged_to, wait_until};
@@ -273,15 +276,32 @@ fn the_right_proof_is_welcomed_and_receives_the_folder() {
             Read::Frame(Frame::Welcome { .. }) => {}
             other => panic!("expected Welcome after the right proof, got {other:?}"),
         }
+        // The documents the client receives, decoded as a joiner would: the folder's file
+        // names and contents must be in them (Automerge compresses, so the raw bytes need
+        // not show them).
         let mut summary = false;
-        while !(summary
-            && contains(client.received(), SECRET_CONTENT.trim_end())
-            && contains(client.received(), SECRET_NAME))
-        {
+        let mut docs: HashMap<DocId, AutoCommit> = HashMap::new();
+        let got_folder = |docs: &mut HashMap<DocId, AutoCommit>| {
+            let names = |d: &AutoCommit| {
+                let folder = FolderDoc::from_doc(d.clone());
+                folder.entries().values().any(|e| e.locs.iter().any(|l| l.name == SECRET_NAME))
+            };
+            let has_name = docs.values().any(names);
+            let has_text =
+                docs.values().any(|d| FileDoc::from_doc(d.clone()).text().as_deref() == Some(SECRET_CONTENT));
+            has_name && has_text
+        };
+        while !(summary && got_folder(&mut docs)) {
             match client.read("a Summary and the secret file's name and content").await {
                 Read::Frame(Frame::Summary { docs }) => {
                     assert!(!docs.is_empty(), "the sharer's summary lists no document");
                     summary = true;
+                }
+                Read::Frame(Frame::Changes { doc, data, .. }) => {
+                    docs.entry(doc)
+                        .or_default()
+                        .load_incremental(&data)
+                        .expect("the sharer sent valid changes");
                 }
                 Read::Frame(_) => {}
                 other => panic!(
