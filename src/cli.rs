@@ -3,12 +3,13 @@
 //! anything else. Errors are one line on stderr; stdout carries only what a command
 //! produces (the ticket, for `share`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use iroh::RelayUrl;
 
+use crate::control::{self, Request, Response};
 use crate::home::{Home, default_name};
 use crate::net::endpoint::NetworkMode;
 use crate::node::{self, NodeOptions, Start};
@@ -52,6 +53,58 @@ enum Command {
         /// The folder.
         dir: PathBuf,
     },
+    /// Show or change a folder setting (`conflict-strategy`: timestamp, priority, interactive).
+    Config {
+        /// The folder.
+        dir: PathBuf,
+        /// The setting.
+        key: String,
+        /// The new value (omit to show the current one).
+        value: Option<String>,
+    },
+    /// List a folder's members, or change one.
+    #[command(args_conflicts_with_subcommands = true)]
+    Peers {
+        #[command(subcommand)]
+        action: Option<PeersAction>,
+        /// The folder (default: the current directory).
+        dir: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List races waiting for a decision (interactive strategy).
+    Conflicts {
+        /// The folder.
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle a conflict; the decision syncs to every peer.
+    Resolve {
+        /// The folder.
+        dir: PathBuf,
+        /// The conflict's id, as `teatime conflicts` lists it.
+        id: String,
+        /// The option to keep, as listed.
+        #[arg(long)]
+        keep: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeersAction {
+    /// Set a member's tier (higher wins races under the `priority` strategy).
+    SetTier {
+        /// The member: endpoint id, a unique prefix of one, or its name.
+        peer: String,
+        /// The tier.
+        tier: i64,
+        /// The folder (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs the command line.
@@ -61,6 +114,36 @@ pub fn main() -> ExitCode {
     let (dir, start) = match cli.command {
         Command::Share { dir } => (dir, Start::Share),
         Command::Sync { dir } => (dir, Start::Sync),
+        Command::Config { dir, key, value } => {
+            if key != "conflict-strategy" {
+                eprintln!("error: unknown setting {key:?} (known: conflict-strategy)");
+                return ExitCode::from(2);
+            }
+            let req = match value {
+                Some(v) => Request::SetStrategy(v),
+                None => Request::GetStrategy,
+            };
+            return command(cli.home, cli.name, &dir, req, Output::Plain);
+        }
+        Command::Peers { action: Some(PeersAction::SetTier { peer, tier, dir }), .. } => {
+            return command(cli.home, cli.name, &dir, Request::SetTier { peer, tier }, Output::Plain);
+        }
+        Command::Peers { action: None, dir, json } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+            return command(cli.home, cli.name, &dir, Request::Peers, Output::pick(json, Output::Peers));
+        }
+        Command::Conflicts { dir, json } => {
+            return command(
+                cli.home,
+                cli.name,
+                &dir,
+                Request::Conflicts,
+                Output::pick(json, Output::Conflicts),
+            );
+        }
+        Command::Resolve { dir, id, keep } => {
+            return command(cli.home, cli.name, &dir, Request::Resolve { id, keep }, Output::Plain);
+        }
         Command::Join { ticket, dir } => match Ticket::decode(&ticket) {
             Ok(t) => (dir, Start::Join(t)),
             Err(e) => {
@@ -97,6 +180,89 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// How a command's answer is printed.
+#[derive(Clone, Copy)]
+enum Output {
+    Json,
+    Plain,
+    Peers,
+    Conflicts,
+}
+
+impl Output {
+    fn pick(json: bool, human: Output) -> Output {
+        if json { Output::Json } else { human }
+    }
+}
+
+/// Runs a folder command: through the running process if there is one, else directly on
+/// the folder's saved state.
+fn command(
+    home: Option<PathBuf>,
+    name: Option<String>,
+    dir: &Path,
+    req: Request,
+    output: Output,
+) -> ExitCode {
+    let result = (|| -> anyhow::Result<Response> {
+        let root = dir.canonicalize().map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        if let Some(answer) = rt.block_on(control::call(&root, &req))? {
+            return Ok(answer);
+        }
+        let home = Home::resolve(home)?;
+        node::control_offline(home, name.unwrap_or_else(default_name), &root, req)
+    })();
+    let value = match result {
+        Ok(Ok(v)) => v,
+        Ok(Err(msg)) => {
+            eprintln!("error: {msg}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match output {
+        Output::Json => println!("{value}"),
+        Output::Plain => match value.as_str() {
+            Some(s) => println!("{s}"),
+            None => println!("{value}"),
+        },
+        Output::Peers => {
+            for p in value.as_array().into_iter().flatten() {
+                let me = if p["me"].as_bool() == Some(true) { " (this node)" } else { "" };
+                println!(
+                    "{}  {}  role={}  tier={}{me}",
+                    p["id"].as_str().unwrap_or(""),
+                    p["name"].as_str().unwrap_or(""),
+                    p["role"].as_str().unwrap_or(""),
+                    p["tier"]
+                );
+            }
+        }
+        Output::Conflicts => {
+            let list = value.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no pending conflicts");
+            }
+            for c in list {
+                let options: Vec<&str> =
+                    c["options"].as_array().into_iter().flatten().filter_map(|o| o.as_str()).collect();
+                println!(
+                    "{}  {}  {}  keep one of: {}",
+                    c["id"].as_str().unwrap_or(""),
+                    c["kind"].as_str().unwrap_or(""),
+                    c["path"].as_str().unwrap_or(""),
+                    options.join(" | ")
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging() {

@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod control;
 pub mod home;
 pub mod net;
 pub mod node;

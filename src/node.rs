@@ -176,9 +176,10 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
         dial_tx.send(t.addr.clone()).await?;
     }
     let _watcher = crate::watch::start(&root, inbox_tx.clone())?;
+    let cancel = CancellationToken::new();
+    crate::control::serve(&root, inbox_tx.clone(), cancel.clone())?;
     info!(folder = %folder_id.short(), node = %me.fmt_short(), "syncing {}", root.display());
 
-    let cancel = CancellationToken::new();
     let replica_thread = {
         let cancel = cancel.clone();
         std::thread::Builder::new().name("replica".into()).spawn(move || {
@@ -198,6 +199,30 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, router.shutdown()).await;
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, endpoint.close()).await;
     Ok(())
+}
+
+/// Runs a control request on a folder no process is running: opens its state, applies
+/// the request, persists (and writes to disk what it changes). Peers learn of it at the
+/// next sync.
+pub fn control_offline(
+    home: PathBuf,
+    name: String,
+    dir: &Path,
+    req: crate::control::Request,
+) -> Result<crate::control::Response> {
+    let root = dir.canonicalize().with_context(|| format!("{} is not a directory", dir.display()))?;
+    let state_dir = root.join(STATE_DIR);
+    if !state_dir.is_dir() {
+        bail!("{} is not a teatime folder: run `teatime share` or `teatime join` first", root.display());
+    }
+    let store = Store::open(&state_dir.join("state.redb"))?;
+    let identity = read_identity(&store)?.context("the folder has no saved state yet")?;
+    let me = Home::open(home)?.secret_key()?.public();
+    let (dial_tx, _dial_rx) = mpsc::channel(1);
+    let mut replica = Replica::open(root, store, identity, me, name, dial_tx)?;
+    let response = replica.control(req);
+    replica.flush_now();
+    Ok(response)
 }
 
 async fn wait_for_signal() -> Result<()> {

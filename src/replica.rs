@@ -26,12 +26,16 @@ use anyhow::{Context, Result};
 use automerge::{ActorId, AutoCommit, ChangeHash};
 use iroh::endpoint::Connection;
 use iroh::{EndpointAddr, EndpointId};
-use teatime_crdt::{DocId, EntryKind, FileDoc, FileFacts, FolderDoc, FolderView, Stamp, Tree, render};
-use tokio::sync::mpsc;
+use serde_json::json;
+use teatime_crdt::{
+    Conflict, DocId, EntryKind, FileDoc, FileFacts, FolderDoc, FolderView, Stamp, Strategy, Tree, render,
+};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::apply::{self, materialize};
+use crate::control::{Request, Response};
 use crate::net::wire::{Frame, Heads};
 use crate::scan::{self, LocalOp, Scope, move_in_index, name_of, parent_of};
 use crate::store::{Batch, Index, IndexEntry, Store};
@@ -59,6 +63,8 @@ const MAX_MATERIALIZE_ROUNDS: usize = 4;
 pub enum Event {
     /// The watcher saw something in this scope.
     Hint(Scope),
+    /// A command from the command line, and where to send the answer.
+    Control(Request, oneshot::Sender<Response>),
     /// A session with a peer is authenticated and running.
     PeerUp {
         /// The peer.
@@ -374,7 +380,136 @@ impl Replica {
                     self.frame(peer, frame);
                 }
             }
+            Event::Control(req, reply) => {
+                let _ = reply.send(self.control(req));
+            }
         }
+    }
+
+    /// Answers a command; changes it makes are recorded, written and sent at the next flush.
+    pub fn control(&mut self, req: Request) -> Response {
+        if !self.folder.is_ready() {
+            return Err("the folder has not arrived from its peers yet".into());
+        }
+        let changed = match req {
+            Request::GetStrategy => return Ok(json!(self.folder.strategy().as_str())),
+            Request::SetStrategy(s) => {
+                let s = Strategy::parse(&s).ok_or_else(|| {
+                    format!("unknown conflict strategy {s:?} (expected timestamp, priority or interactive)")
+                })?;
+                self.folder.set_strategy(s).map_err(|e| e.to_string())?;
+                true
+            }
+            Request::Peers => {
+                let me = self.me.to_string();
+                let list: Vec<serde_json::Value> = self
+                    .folder
+                    .members()
+                    .into_iter()
+                    .map(|(id, m)| json!({"id": id, "name": m.name, "role": m.role, "tier": m.tier, "me": id == me}))
+                    .collect();
+                return Ok(json!(list));
+            }
+            Request::SetTier { peer, tier } => {
+                let id = self.find_member(&peer)?;
+                self.folder.set_tier(&id, tier).map_err(|e| e.to_string())?;
+                true
+            }
+            Request::Conflicts => return Ok(json!(self.conflicts())),
+            Request::Resolve { id, keep } => {
+                self.resolve(&id, &keep)?;
+                true
+            }
+        };
+        if changed {
+            self.folder.commit();
+            self.dirty.insert(self.id.folder);
+            // The tree may change here too (strategy, tiers, a resolution): re-render.
+            self.remote_changed.insert(self.id.folder);
+        }
+        Ok(json!("ok"))
+    }
+
+    fn find_member(&self, who: &str) -> Result<String, String> {
+        let members = self.folder.members();
+        if members.contains_key(who) {
+            return Ok(who.to_string());
+        }
+        let found: Vec<&String> =
+            members.iter().filter(|(id, m)| id.starts_with(who) || m.name == who).map(|(id, _)| id).collect();
+        match found.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(format!("no member matches {who:?}")),
+            _ => Err(format!("{who:?} matches several members; give more of the id")),
+        }
+    }
+
+    /// Pending conflicts, as the CLI lists them.
+    fn conflicts(&mut self) -> Vec<serde_json::Value> {
+        let tree = self.tree.get(&mut self.folder, &mut self.files);
+        let path = |id: &DocId| tree.path_of(*id).unwrap_or("").to_string();
+        tree.conflicts
+            .iter()
+            .map(|c| match c {
+                Conflict::Rename { entry, options } => json!({
+                    "id": c.id(), "kind": "rename", "path": path(entry),
+                    "options": options.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+                }),
+                Conflict::RenameDelete { entry, deleted_by } => json!({
+                    "id": c.id(), "kind": "rename-delete", "path": path(entry),
+                    "options": ["keep", "delete"], "deleted_by": deleted_by.by,
+                }),
+                Conflict::SamePath { entries, .. } => json!({
+                    "id": c.id(), "kind": "same-path", "path": path(&entries[0]),
+                    "options": entries.iter().map(path).collect::<Vec<_>>(),
+                }),
+            })
+            .collect()
+    }
+
+    /// Settles a conflict with ordinary writes that supersede the racing ones, so the
+    /// decision reaches every peer like any change.
+    fn resolve(&mut self, id: &str, keep: &str) -> Result<(), String> {
+        let tree = self.tree.get(&mut self.folder, &mut self.files).clone();
+        let conflict = tree
+            .conflicts
+            .iter()
+            .find(|c| c.id() == id)
+            .ok_or_else(|| format!("no pending conflict {id:?}"))?;
+        let stamp = self.stamp();
+        let err = |e: teatime_crdt::ModelError| e.to_string();
+        match conflict {
+            Conflict::Rename { entry, options } => {
+                let chosen = options
+                    .iter()
+                    .find(|o| o.name == keep)
+                    .ok_or_else(|| format!("{keep:?} is not one of the names in conflict {id}"))?;
+                self.folder.move_entry(*entry, chosen.parent, &chosen.name, &stamp).map_err(err)?;
+            }
+            Conflict::RenameDelete { entry, .. } => match keep {
+                "keep" => self.folder.undelete(*entry).map_err(err)?,
+                "delete" => {
+                    let seen = self.files.get_mut(entry).map(|f| f.heads()).unwrap_or_default();
+                    self.folder.delete_entry(*entry, &stamp, seen).map_err(err)?;
+                }
+                _ => return Err(format!("keep \"keep\" or \"delete\" for conflict {id}")),
+            },
+            Conflict::SamePath { entries, .. } => {
+                let kept = entries
+                    .iter()
+                    .find(|e| tree.path_of(**e) == Some(keep) || e.to_string().starts_with(keep))
+                    .ok_or_else(|| format!("{keep:?} is not one of the paths in conflict {id}"))?;
+                // The others keep the names they are shown under now, for good.
+                for other in entries.iter().filter(|e| *e != kept) {
+                    let (Some(path), Some(entry)) = (tree.path_of(*other), self.folder.entry(*other)) else {
+                        continue;
+                    };
+                    let parent = entry.any_loc().parent;
+                    self.folder.move_entry(*other, parent, name_of(path), &stamp).map_err(err)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)] // the fields of Event::PeerUp, destructured
@@ -730,6 +865,11 @@ impl Replica {
     fn set_index(&mut self, path: String, entry: IndexEntry) {
         self.index.insert(path.clone(), entry);
         self.index_touched.insert(path);
+    }
+
+    /// Records, writes and persists whatever is pending (used when no event loop runs).
+    pub fn flush_now(&mut self) {
+        self.flush();
     }
 
     /// Persist, materialise, persist the index, broadcast (see the module docs).

@@ -1,0 +1,130 @@
+//! Commands for a folder from the command line: settings, members, conflicts.
+//!
+//! While a `share`/`join`/`sync` process runs a folder, it listens on a Unix socket at
+//! `DIR/.teatime/control.sock` (mode 0600): one JSON [`Request`] per line in, one JSON
+//! [`Response`] per line out. The replica answers it between two batches of events, so a
+//! change made here is recorded, written to disk and sent to peers like any other. When no
+//! process runs the folder, the CLI opens the folder's state itself and does the same
+//! (peers learn of it at the next sync).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::replica::Event;
+
+/// The socket's name inside the state directory.
+pub const SOCKET: &str = "control.sock";
+
+/// Longest request line accepted (requests are tiny; this bounds a misbehaving client).
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// A command for a folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// The conflict strategy.
+    GetStrategy,
+    /// Sets the conflict strategy (`timestamp`, `priority`, `interactive`).
+    SetStrategy(String),
+    /// The members.
+    Peers,
+    /// Sets a member's tier; the member is an endpoint id, a unique prefix of one, or a name.
+    SetTier {
+        /// Who.
+        peer: String,
+        /// The tier.
+        tier: i64,
+    },
+    /// Pending conflicts.
+    Conflicts,
+    /// Settles a conflict by keeping one of its options.
+    Resolve {
+        /// The conflict's id, as listed.
+        id: String,
+        /// The option kept.
+        keep: String,
+    },
+}
+
+/// The answer: a JSON value, or a one-line error.
+pub type Response = Result<serde_json::Value, String>;
+
+/// The socket path of a folder.
+pub fn socket_path(root: &Path) -> PathBuf {
+    root.join(teatime_crdt::path::STATE_DIR).join(SOCKET)
+}
+
+/// Serves the control socket of the folder at `root` until `cancel`.
+pub fn serve(root: &Path, inbox: mpsc::Sender<Event>, cancel: CancellationToken) -> Result<()> {
+    let path = socket_path(root);
+    // A socket left by a killed process: nobody listens on it any more (the store's lock
+    // guarantees no other process runs this folder).
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = cancel.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => { warn!("control socket: {e}"); continue; }
+                },
+            };
+            let inbox = inbox.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, inbox).await {
+                    warn!("control request failed: {e:#}");
+                }
+            });
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+    Ok(())
+}
+
+async fn answer(stream: UnixStream, inbox: mpsc::Sender<Event>) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST_BYTES)).read_line(&mut line).await?;
+    let response: Response = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => {
+            let (tx, rx) = oneshot::channel();
+            inbox.send(Event::Control(req, tx)).await.context("folder is shutting down")?;
+            rx.await.context("folder is shutting down")?
+        }
+        Err(e) => Err(format!("malformed request: {e}")),
+    };
+    let mut out = serde_json::to_string(&response)?;
+    out.push('\n');
+    write.write_all(out.as_bytes()).await?;
+    Ok(())
+}
+
+/// Sends a request to the process running the folder at `root`; `Ok(None)` when no
+/// process runs it.
+pub async fn call(root: &Path, req: &Request) -> Result<Option<Response>> {
+    let stream = match UnixStream::connect(socket_path(root)).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e).context("connecting to the running folder"),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    write.write_all(line.as_bytes()).await?;
+    let mut answer = String::new();
+    BufReader::new(read).read_line(&mut answer).await?;
+    Ok(Some(serde_json::from_str(&answer).context("malformed answer from the running folder")?))
+}
