@@ -624,7 +624,8 @@ impl Replica {
                     self.push(peer, doc);
                 }
             }
-            Frame::Changes { doc, data } => {
+            Frame::Changes { doc, data, heads } => {
+                let pre_text = self.files.get(&doc).and_then(|f| f.text());
                 let d = self.doc_mut(doc);
                 let before = d.get_heads();
                 if let Err(e) = d.load_incremental(&data) {
@@ -638,6 +639,10 @@ impl Replica {
                 if before != after {
                     self.dirty.insert(doc);
                     self.remote_changed.insert(doc);
+                    let theirs: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
+                    if let Some(pre) = pre_text {
+                        self.undo_double_apply(doc, &pre, &theirs);
+                    }
                 }
                 if let Some(link) = self.peers.get_mut(&peer) {
                     link.known.insert(doc, after);
@@ -654,6 +659,26 @@ impl Replica {
                 }
             }
             other => debug!(peer = %peer.fmt_short(), "ignoring unexpected frame {other:?}"),
+        }
+    }
+
+    /// The same outside change taken in on two peers at once (both ran `git pull`, both
+    /// copied the same file in) arrives as two concurrent edits that insert the same text
+    /// twice. When the peer's version and ours were the same text before the merge, the
+    /// merge must be that text too: remove the doubled part. Both peers compute the same
+    /// correction on the same merged state, so their deletions coincide and nothing else is
+    /// touched.
+    fn undo_double_apply(&mut self, doc: DocId, pre: &str, theirs: &[ChangeHash]) {
+        let Some(file) = self.files.get_mut(&doc) else { return };
+        if theirs.is_empty() || file.text_at(theirs).as_deref() != Some(pre) {
+            return;
+        }
+        if file.text().as_deref() == Some(pre) {
+            return;
+        }
+        debug!(doc = %doc.short(), "same change made on two peers: keeping it once");
+        if let Err(e) = file.ingest(pre, Instant::now() + INGEST_BUDGET) {
+            warn!(doc = %doc.short(), "could not merge a doubly applied change: {e}");
         }
     }
 
@@ -686,10 +711,11 @@ impl Replica {
             None => d.save(),
         };
         if let Some(link) = self.peers.get_mut(&peer) {
-            link.known.insert(doc, heads);
+            link.known.insert(doc, heads.clone());
         }
         if !data.is_empty() {
-            self.send(peer, Frame::Changes { doc, data });
+            let heads = hashes(&heads);
+            self.send(peer, Frame::Changes { doc, data, heads });
         }
     }
 

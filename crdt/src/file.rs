@@ -61,6 +61,15 @@ impl FileDoc {
         self.doc.text(&obj).ok()
     }
 
+    /// The content as it was at `heads`, or `None` when those changes are not all here.
+    pub fn text_at(&mut self, heads: &[ChangeHash]) -> Option<String> {
+        if !self.doc.get_missing_deps(heads).is_empty() {
+            return None;
+        }
+        let obj = self.text_obj()?;
+        self.doc.text_at(&obj, heads).ok()
+    }
+
     /// The document's current heads.
     pub fn heads(&mut self) -> Vec<ChangeHash> {
         self.doc.get_heads()

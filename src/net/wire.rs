@@ -14,7 +14,7 @@
 //!                              <-     Welcome{name} | Refused{reason}
 //! then, both ways, any time:
 //!   Summary{doc -> heads}      one exchange to find every document that differs
-//!   Changes{doc, data}         Automerge changes (or a whole save() for a doc the peer lacks)
+//!   Changes{doc, data, heads}  Automerge changes (or a whole save() for a doc the peer lacks)
 //!   Peers{addrs}               other members and where they were last seen (the mesh)
 //! ```
 
@@ -77,6 +77,8 @@ pub enum Frame {
         doc: DocId,
         /// `save()` or `save_after()` bytes, applied with `load_incremental`.
         data: Vec<u8>,
+        /// The sender's heads once these changes are applied.
+        heads: Heads,
     },
     /// Members' addresses.
     Peers {
@@ -120,7 +122,7 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_oversize_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let frame = Frame::Changes { doc: DocId([1; 16]), data: vec![1, 2, 3] };
+        let frame = Frame::Changes { doc: DocId([1; 16]), data: vec![1, 2, 3], heads: vec![[7; 32]] };
         write_frame(&mut a, &frame).await.unwrap();
         assert_eq!(read_frame(&mut b).await.unwrap(), Some(frame));
 
