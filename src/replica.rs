@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 use crate::apply::{self, materialize};
 use crate::control::{Request, Response};
 use crate::net::wire::{Frame, Heads};
-use crate::scan::{self, LocalOp, Scope, move_in_index, name_of, parent_of};
+use crate::scan::{self, LocalOp, Scope, move_in_index, name_of, ns_to_ms, parent_of};
 use crate::store::{Batch, Index, IndexEntry, Store};
 
 /// Events queued for the replica before senders wait.
@@ -435,8 +435,12 @@ impl Replica {
         if members.contains_key(who) {
             return Ok(who.to_string());
         }
-        let found: Vec<&String> =
-            members.iter().filter(|(id, m)| id.starts_with(who) || m.name == who).map(|(id, _)| id).collect();
+        // An exact name first: ids are hex, so a short name could also be an id prefix.
+        let by_name: Vec<&String> = members.iter().filter(|(_, m)| m.name == who).map(|(id, _)| id).collect();
+        if let [one] = by_name.as_slice() {
+            return Ok((*one).clone());
+        }
+        let found: Vec<&String> = members.keys().filter(|id| id.starts_with(who)).collect();
         match found.as_slice() {
             [one] => Ok((*one).clone()),
             [] => Err(format!("no member matches {who:?}")),
@@ -774,6 +778,12 @@ impl Replica {
         Stamp::new(now_ms(), &self.me.to_string())
     }
 
+    /// A stamp for a local action the file system dates (never in the future: a clock
+    /// that was ahead must not win every race).
+    fn stamp_at(&self, at_ms: u64) -> Stamp {
+        Stamp::new(at_ms.min(now_ms()), &self.me.to_string())
+    }
+
     fn parent_id(&self, path: &str) -> Option<DocId> {
         let parent = parent_of(path);
         if parent.is_empty() { None } else { self.index.get(parent).map(|e| e.id) }
@@ -818,7 +828,13 @@ impl Replica {
             }
             LocalOp::CreateDir { id, path, stat } => {
                 let parent = self.parent_id(&path);
-                self.folder.create_entry(id, parent, name_of(&path), EntryKind::Dir, &self.stamp())?;
+                self.folder.create_entry(
+                    id,
+                    parent,
+                    name_of(&path),
+                    EntryKind::Dir,
+                    &self.stamp_at(ns_to_ms(stat.mtime_ns)),
+                )?;
                 self.dirty.insert(self.id.folder);
                 let entry = IndexEntry::dir(id, stat);
                 self.set_index(path, entry);
@@ -828,12 +844,18 @@ impl Replica {
                 let heads = hashes(&file.heads());
                 self.files.insert(id, file);
                 let parent = self.parent_id(&path);
-                self.folder.create_entry(id, parent, name_of(&path), EntryKind::File, &self.stamp())?;
+                self.folder.create_entry(
+                    id,
+                    parent,
+                    name_of(&path),
+                    EntryKind::File,
+                    &self.stamp_at(ns_to_ms(stat.mtime_ns)),
+                )?;
                 self.dirty.extend([id, self.id.folder]);
                 let entry = IndexEntry::file(id, stat, hash, heads);
                 self.set_index(path, entry);
             }
-            LocalOp::Move { id, from, to } => {
+            LocalOp::Move { id, from, to, at_ms } => {
                 let within = |index: &Index, dir: &str| -> Vec<String> {
                     index.keys().filter(|k| scan::is_within(k, dir)).cloned().collect()
                 };
@@ -841,7 +863,7 @@ impl Replica {
                 move_in_index(&mut self.index, &from, &to);
                 let new_keys = within(&self.index, &to);
                 self.index_touched.extend(old_keys.into_iter().chain(new_keys));
-                self.folder.move_entry(id, self.parent_id(&to), name_of(&to), &self.stamp())?;
+                self.folder.move_entry(id, self.parent_id(&to), name_of(&to), &self.stamp_at(at_ms))?;
                 // A move of something a peer deleted meanwhile brings it back: nothing lost.
                 self.folder.undelete(id)?;
                 self.dirty.insert(self.id.folder);
@@ -876,10 +898,10 @@ impl Replica {
                     self.set_index(path, IndexEntry::file(e.id, stat, e.hash, e.heads));
                 }
             }
-            LocalOp::Delete { id, path } => {
+            LocalOp::Delete { id, path, at_ms } => {
                 // The deletion names the version it saw: an edit it had not seen beats it.
                 let seen = self.files.get_mut(&id).map(|f| f.heads()).unwrap_or_default();
-                self.folder.delete_entry(id, &self.stamp(), seen)?;
+                self.folder.delete_entry(id, &self.stamp_at(at_ms), seen)?;
                 self.dirty.insert(self.id.folder);
                 self.index.remove(&path);
                 self.index_touched.insert(path);

@@ -220,14 +220,16 @@ pub enum LocalOp {
     CreateDir { id: DocId, path: String, stat: Stat },
     /// A new text file.
     CreateFile { id: DocId, path: String, content: String, stat: Stat, hash: [u8; 32] },
-    /// An entry moved or renamed (a directory carries its subtree).
-    Move { id: DocId, from: String, to: String },
+    /// An entry moved or renamed (a directory carries its subtree), at `at_ms` (the moved
+    /// inode's ctime: a rename made while teatime was stopped keeps its real time).
+    Move { id: DocId, from: String, to: String, at_ms: u64 },
     /// A file's content changed.
     Edit { id: DocId, path: String, content: String, stat: Stat, hash: [u8; 32] },
     /// Metadata changed, content did not: only the index learns it.
     Touch { path: String, stat: Stat },
-    /// An entry vanished.
-    Delete { id: DocId, path: String },
+    /// An entry vanished, at `at_ms` (its directory's mtime, the best trace a deletion
+    /// leaves).
+    Delete { id: DocId, path: String, at_ms: u64 },
 }
 
 /// The result of comparing disk with the index.
@@ -351,7 +353,7 @@ pub fn reconcile(
             gone_by_ino.remove(&d.stat.ino);
             let id = working[&old].id;
             move_in_index(&mut working, &old, path);
-            out.ops.push(LocalOp::Move { id, from: old, to: path.clone() });
+            out.ops.push(LocalOp::Move { id, from: old, to: path.clone(), at_ms: ns_to_ms(d.stat.ctime_ns) });
             continue;
         }
         match d.kind {
@@ -371,7 +373,12 @@ pub fn reconcile(
                         if let Some(e) = working.get_mut(path) {
                             e.stat = stat;
                         }
-                        out.ops.push(LocalOp::Move { id, from: old, to: path.clone() });
+                        out.ops.push(LocalOp::Move {
+                            id,
+                            from: old,
+                            to: path.clone(),
+                            at_ms: ns_to_ms(stat.ctime_ns),
+                        });
                         out.ops.push(LocalOp::Touch { path: path.clone(), stat });
                         continue;
                     }
@@ -427,9 +434,17 @@ pub fn reconcile(
         .map(|(p, e)| (p.clone(), e.id))
         .collect();
     for (path, id) in gone.into_iter().rev() {
-        out.ops.push(LocalOp::Delete { id, path });
+        let at_ms = fs::symlink_metadata(root.join(parent_of(&path)))
+            .map(|m| ns_to_ms(stat_of(&m).mtime_ns))
+            .unwrap_or(u64::MAX);
+        out.ops.push(LocalOp::Delete { id, path, at_ms });
     }
     out
+}
+
+/// File system nanoseconds to milliseconds (0 for times before the epoch).
+pub fn ns_to_ms(ns: i128) -> u64 {
+    (ns / 1_000_000).clamp(0, u64::MAX as i128) as u64
 }
 
 /// Re-keys an index entry and everything below it from `from` to `to`.

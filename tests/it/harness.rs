@@ -7,9 +7,9 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -466,6 +466,74 @@ impl Peer {
         Finished { status, stdout: read(&out_path), stderr: read(&err_path) }
     }
 
+    /// This peer's folder as a command-line argument.
+    pub fn dir_arg(&self) -> &str {
+        self.dir.to_str().expect("temp paths are UTF-8")
+    }
+
+    /// Runs a one-shot command (`config`, `peers`, `conflicts`, `resolve`...) with this
+    /// peer's home, network and name, whether or not the peer is running, and returns how
+    /// it ended. Panics if it is still running after [`deadline`]. The call and its output
+    /// go to the peer's log, so a failing test's dump shows them.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        static CALLS: AtomicU32 = AtomicU32::new(0);
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let root = self.root_path();
+        let out_path = root.join(format!("cli-{n}.stdout"));
+        let err_path = root.join(format!("cli-{n}.stderr"));
+        let os_args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let mut child = self
+            .command(&os_args)
+            .env_remove("RUST_LOG")
+            .stdout(File::create(&out_path).expect("create stdout file"))
+            .stderr(File::create(&err_path).expect("create stderr file"))
+            .spawn()
+            .expect("spawn teatime");
+        let Some(status) = wait_exit(&mut child, deadline()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`teatime {}` on {} still running after {:?}", args.join(" "), self.name, deadline());
+        };
+        let stdout = fs::read(&out_path).expect("read stdout");
+        let stderr = fs::read(&err_path).expect("read stderr");
+        let _ = fs::remove_file(&out_path);
+        let _ = fs::remove_file(&err_path);
+        if let Ok(mut log) = OpenOptions::new().create(true).append(true).open(&self.log) {
+            let _ = writeln!(
+                log,
+                "----- cli: teatime {} -> {status}\n  stdout: {:?}\n  stderr: {:?}",
+                args.join(" "),
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr),
+            );
+        }
+        Output { status, stdout, stderr }
+    }
+
+    /// Runs [`Peer::cli`] and insists on success; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "`teatime {}` on {} failed ({}): stdout {:?}, stderr {:?}",
+            args.join(" "),
+            self.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        String::from_utf8(out.stdout)
+            .unwrap_or_else(|e| panic!("`teatime {}` stdout is not UTF-8: {e}", args.join(" ")))
+    }
+
+    /// Runs [`Peer::cli`], insists on success, and parses stdout as JSON.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let stdout = self.cli_ok(args);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("`teatime {}` on {} printed no JSON ({e}): {stdout:?}", args.join(" "), self.name)
+        })
+    }
+
     /// Everything this peer's processes wrote to stderr so far.
     pub fn log_text(&self) -> String {
         fs::read(&self.log).map(|bytes| String::from_utf8_lossy(&bytes).into_owned()).unwrap_or_default()
@@ -508,10 +576,14 @@ impl Peer {
         cmd.arg("--home")
             .arg(&self.home)
             .args(["--network", "loopback"])
+            // Peers see each other under their labels, e.g. in conflict copies' names.
+            .arg("--name")
+            .arg(&self.name)
             .args(args)
             // Flags are explicit; the developer's own settings must not leak in.
             .env_remove("TEATIME_HOME")
             .env_remove("TEATIME_NETWORK")
+            .env_remove("TEATIME_NAME")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
         if std::env::var_os("RUST_LOG").is_none() {

@@ -9,5 +9,6 @@
 
 mod auth;
 mod harness;
+mod races;
 mod scenarios;
 mod sync;
