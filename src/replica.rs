@@ -503,13 +503,21 @@ impl Replica {
                     .iter()
                     .find(|e| tree.path_of(**e) == Some(keep) || e.to_string().starts_with(keep))
                     .ok_or_else(|| format!("{keep:?} is not one of the paths in conflict {id}"))?;
-                // The others keep the names they are shown under now, for good.
+                // The others give the name up for good: a loser keeps the conflict name it is
+                // shown under; the one shown at the contested path meanwhile takes one.
+                let members = self.folder.members();
                 for other in entries.iter().filter(|e| *e != kept) {
                     let (Some(path), Some(entry)) = (tree.path_of(*other), self.folder.entry(*other)) else {
                         continue;
                     };
+                    let name = if tree.path_of(entries[0]) == Some(path) {
+                        let creator = members.get(&entry.created.by).map_or("unknown", |m| m.name.as_str());
+                        teatime_crdt::tree::conflict_name(name_of(path), creator)
+                    } else {
+                        name_of(path).to_string()
+                    };
                     let parent = entry.any_loc().parent;
-                    self.folder.move_entry(*other, parent, name_of(path), &stamp).map_err(err)?;
+                    self.folder.move_entry(*other, parent, &name, &stamp).map_err(err)?;
                 }
             }
         }

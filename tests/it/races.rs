@@ -644,6 +644,38 @@ fn interactive_rename_race_is_listed_once_and_resolved_everywhere() {
 }
 
 #[test]
+fn interactive_same_path_keeps_both_until_resolved_for_the_copy() {
+    let (a, mut b) = pair(&one_file("other.md", "x\n"));
+    set_strategy(&a, &[&a, &b], "interactive");
+
+    b.stop();
+    a.write("notes.md", "created by a\n");
+    let_stamps_differ();
+    b.write("notes.md", "created by b\n");
+    b.sync();
+
+    // Pending: both contents on disk, the later creation under the name.
+    let mut expected = one_file("other.md", "x\n");
+    put_file(&mut expected, "notes.md", "created by b\n");
+    put_file(&mut expected, "notes (conflict, a).md", "created by a\n");
+    wait_converged_to(&[&a, &b], &expected);
+    let on_a = wait_one_conflict(&a);
+    assert_eq!(wait_one_conflict(&b), on_a, "both peers list the same conflict");
+    assert_eq!(on_a.kind, "same-path", "{on_a:?}");
+    assert_eq!(sorted(&on_a.options), ["notes (conflict, a).md", "notes.md"], "{on_a:?}");
+
+    // Keep the copy: it takes the name, the other becomes the conflict copy, for good.
+    b.cli_ok(&["resolve", b.dir_arg(), &on_a.id, "--keep", "notes (conflict, a).md"]);
+    let mut expected = one_file("other.md", "x\n");
+    put_file(&mut expected, "notes.md", "created by a\n");
+    put_file(&mut expected, "notes (conflict, b).md", "created by b\n");
+    wait_converged_to(&[&a, &b], &expected);
+    wait_no_conflicts(&a);
+    wait_no_conflicts(&b);
+    settle(&[&a, &b], &mut expected);
+}
+
+#[test]
 fn interactive_rename_vs_delete_keeps_the_file_until_resolved_as_delete() {
     let base = numbered_lines(5);
     let mut seed = one_file("notes.md", &base);
