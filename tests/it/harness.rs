@@ -697,3 +697,35 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
         thread::sleep(POLL);
     }
 }
+
+/// `count` numbered lines, each ending in `\n`.
+pub fn numbered_lines(count: usize) -> String {
+    (1..=count).map(|i| format!("line {i}\n")).collect()
+}
+
+/// `text` with its 1-based line `number` replaced by `new`.
+pub fn replace_line(text: &str, number: usize, new: &str) -> String {
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let line = if i + 1 == number { new } else { line };
+            format!("{line}\n")
+        })
+        .collect()
+}
+
+/// A tree holding one file.
+pub fn one_file(path: &str, content: &str) -> Tree {
+    let mut tree = Tree::new();
+    put_file(&mut tree, path, content);
+    tree
+}
+
+/// A (named "a") shares a folder that starts as `seed`, B (named "b") joins it; both hold
+/// `seed` on return.
+pub fn connected_pair(seed: &Tree) -> (Peer, Peer) {
+    let a = Peer::share_tree("a", seed);
+    let b = Peer::join("b", a.ticket());
+    wait_converged_to(&[&a, &b], seed);
+    (a, b)
+}

@@ -3,10 +3,10 @@
 //! ends with an exact check of every peer's folder, after a barrier written by every peer
 //! (a late change, e.g. a conflict copy appearing after convergence, would show up by then).
 //!
-//! Stamps: an action is stamped when teatime records it. The running peer records its
-//! action right away (after the watcher's debounce); the stopped peer records what it did
-//! when it restarts. [`let_stamps_differ`] separates two actions so that the one made
-//! after it is clearly later, whichever way it is recorded.
+//! Stamps: an action is stamped with the time the file system gives it (a rename: the
+//! inode's ctime; a creation: the mtime; a deletion: the directory's mtime), so what the
+//! stopped peer did keeps its real time. [`let_stamps_differ`] separates two actions so
+//! that the one made after it is clearly later.
 //!
 //! The expected outcomes are the table in `crdt/src/tree.rs` and the CLI contract of
 //! `config`, `peers`, `conflicts` and `resolve`.
@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Peer, Tree, assert_trees, put_dir, put_file, remove, wait_converged_to, wait_for};
+use crate::harness::{
+    Peer, Tree, assert_trees, connected_pair, numbered_lines, one_file, put_dir, put_file, remove,
+    replace_line, wait_converged_to, wait_for,
+};
 
 /// More than the watcher's longest debounce (250 ms): an action made before this pause is
 /// stamped before one made after it. A spacing of timestamps, never a wait for sync.
@@ -25,37 +28,6 @@ const STAMP_GAP: Duration = Duration::from_millis(300);
 
 fn let_stamps_differ() {
     thread::sleep(STAMP_GAP);
-}
-
-/// `count` numbered lines, each ending in `\n`.
-fn numbered_lines(count: usize) -> String {
-    (1..=count).map(|i| format!("line {i}\n")).collect()
-}
-
-/// `text` with its 1-based line `number` replaced by `new`.
-fn replace_line(text: &str, number: usize, new: &str) -> String {
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            let line = if i + 1 == number { new } else { line };
-            format!("{line}\n")
-        })
-        .collect()
-}
-
-fn one_file(path: &str, content: &str) -> Tree {
-    let mut tree = Tree::new();
-    put_file(&mut tree, path, content);
-    tree
-}
-
-/// A (named "a") shares a folder that starts as `seed`, B (named "b") joins it; both hold
-/// `seed` on return.
-fn pair(seed: &Tree) -> (Peer, Peer) {
-    let a = Peer::share_tree("a", seed);
-    let b = Peer::join("b", a.ticket());
-    wait_converged_to(&[&a, &b], seed);
-    (a, b)
 }
 
 /// Waits until every peer holds `expected`; then each peer writes a barrier file, which
@@ -220,7 +192,7 @@ fn sorted(options: &[String]) -> Vec<String> {
 #[test]
 fn rename_vs_rename_timestamp_the_later_offline_rename_wins() {
     let base = numbered_lines(5);
-    let (a, mut b) = pair(&one_file("notes.md", &base));
+    let (a, mut b) = connected_pair(&one_file("notes.md", &base));
 
     b.stop();
     a.rename("notes.md", "by-a.md");
@@ -235,7 +207,7 @@ fn rename_vs_rename_timestamp_the_later_offline_rename_wins() {
 #[test]
 fn rename_vs_rename_timestamp_a_later_online_rename_beats_an_earlier_offline_one() {
     let base = numbered_lines(5);
-    let (a, mut b) = pair(&one_file("notes.md", &base));
+    let (a, mut b) = connected_pair(&one_file("notes.md", &base));
 
     // B renames first, while stopped; A renames later, while running. B only records its
     // rename when it restarts, but the rename it records happened before A's.
@@ -253,7 +225,7 @@ fn rename_vs_rename_timestamp_a_later_online_rename_beats_an_earlier_offline_one
 #[test]
 fn rename_vs_rename_priority_the_higher_tier_wins_though_earlier() {
     let base = numbered_lines(5);
-    let (a, mut b) = pair(&one_file("notes.md", &base));
+    let (a, mut b) = connected_pair(&one_file("notes.md", &base));
     set_strategy(&a, &[&a, &b], "priority");
     // Set on B; both must see it before the race.
     set_tier(&b, &[&a, &b], "a", 5);
@@ -276,7 +248,7 @@ fn rename_vs_rename_priority_the_higher_tier_wins_though_earlier() {
 #[test]
 fn rename_vs_edit_an_offline_edit_follows_the_file_to_its_new_name() {
     let base = numbered_lines(10);
-    let (a, mut b) = pair(&one_file("notes.md", &base));
+    let (a, mut b) = connected_pair(&one_file("notes.md", &base));
 
     b.stop();
     a.rename("notes.md", "renamed.md");
@@ -292,7 +264,7 @@ fn rename_vs_edit_an_offline_edit_follows_the_file_to_its_new_name() {
 #[test]
 fn rename_vs_edit_an_edit_follows_an_offline_rename() {
     let base = numbered_lines(10);
-    let (a, mut b) = pair(&one_file("notes.md", &base));
+    let (a, mut b) = connected_pair(&one_file("notes.md", &base));
 
     b.stop();
     let edited = replace_line(&base, 7, "line 7, edited by A");
@@ -313,7 +285,7 @@ fn delete_vs_edit_timestamp_an_offline_edit_brings_the_file_back() {
     let base = numbered_lines(10);
     let mut seed = one_file("notes.md", &base);
     put_file(&mut seed, "other.md", "untouched\n");
-    let (a, mut b) = pair(&seed);
+    let (a, mut b) = connected_pair(&seed);
 
     b.stop();
     a.remove_file("notes.md");
@@ -333,7 +305,7 @@ fn edit_beats_a_later_offline_delete(strategy_setup: impl FnOnce(&Peer, &Peer)) 
     let base = numbered_lines(10);
     let mut seed = one_file("notes.md", &base);
     put_file(&mut seed, "other.md", "untouched\n");
-    let (mut a, b) = pair(&seed);
+    let (mut a, b) = connected_pair(&seed);
     strategy_setup(&a, &b);
 
     a.stop();
@@ -378,7 +350,7 @@ fn delete_vs_edit_interactive_the_edit_wins_and_nothing_is_pending() {
 fn rename_vs_delete_timestamp_a_later_delete_wins() {
     let mut seed = one_file("notes.md", &numbered_lines(5));
     put_file(&mut seed, "other.md", "untouched\n");
-    let (a, mut b) = pair(&seed);
+    let (a, mut b) = connected_pair(&seed);
 
     b.stop();
     a.rename("notes.md", "renamed.md");
@@ -395,7 +367,7 @@ fn rename_vs_delete_timestamp_a_later_rename_wins() {
     let base = numbered_lines(5);
     let mut seed = one_file("notes.md", &base);
     put_file(&mut seed, "other.md", "untouched\n");
-    let (a, mut b) = pair(&seed);
+    let (a, mut b) = connected_pair(&seed);
 
     b.stop();
     a.remove_file("notes.md");
@@ -412,7 +384,7 @@ fn rename_vs_delete_timestamp_a_later_rename_wins() {
 fn rename_vs_delete_priority_an_earlier_delete_by_the_higher_tier_wins() {
     let mut seed = one_file("notes.md", &numbered_lines(5));
     put_file(&mut seed, "other.md", "untouched\n");
-    let (a, mut b) = pair(&seed);
+    let (a, mut b) = connected_pair(&seed);
     set_strategy(&a, &[&a, &b], "priority");
     set_tier(&a, &[&a, &b], "a", 5);
 
@@ -436,7 +408,7 @@ fn directory_rename_vs_offline_create_inside_it() {
     put_file(&mut seed, "dir/old.md", "old\n");
     put_file(&mut seed, "dir/sub/deep.md", "deep\n");
     put_dir(&mut seed, "dir/empty");
-    let (a, mut b) = pair(&seed);
+    let (a, mut b) = connected_pair(&seed);
 
     b.stop();
     a.rename("dir", "moved");
@@ -457,7 +429,7 @@ fn directory_delete_vs_offline_create_inside_it_keeps_the_new_file() {
     let mut seed = Tree::new();
     put_file(&mut seed, "dir/old.md", "old\n");
     put_file(&mut seed, "keep.md", "keep\n");
-    let (a, mut b) = pair(&seed);
+    let (a, mut b) = connected_pair(&seed);
 
     b.stop();
     a.remove_dir_all("dir");
@@ -477,7 +449,7 @@ fn directory_delete_vs_offline_create_inside_it_keeps_the_new_file() {
 
 #[test]
 fn create_vs_create_the_later_offline_creation_keeps_the_name() {
-    let (a, mut b) = pair(&one_file("other.md", "x\n"));
+    let (a, mut b) = connected_pair(&one_file("other.md", "x\n"));
 
     b.stop();
     a.write("notes.md", "created by a\n");
@@ -493,7 +465,7 @@ fn create_vs_create_the_later_offline_creation_keeps_the_name() {
 
 #[test]
 fn create_vs_create_the_later_creation_by_the_restarted_sharer_keeps_the_name() {
-    let (mut a, b) = pair(&one_file("other.md", "x\n"));
+    let (mut a, b) = connected_pair(&one_file("other.md", "x\n"));
 
     a.stop();
     b.write("notes.md", "created by b\n");
@@ -509,7 +481,7 @@ fn create_vs_create_the_later_creation_by_the_restarted_sharer_keeps_the_name() 
 
 #[test]
 fn create_vs_create_priority_the_higher_tier_keeps_the_name_though_earlier() {
-    let (a, mut b) = pair(&one_file("other.md", "x\n"));
+    let (a, mut b) = connected_pair(&one_file("other.md", "x\n"));
     set_strategy(&b, &[&a, &b], "priority");
     set_tier(&b, &[&a, &b], "a", 5);
 
@@ -527,7 +499,7 @@ fn create_vs_create_priority_the_higher_tier_keeps_the_name_though_earlier() {
 
 #[test]
 fn create_vs_create_with_identical_content_is_one_file() {
-    let (a, mut b) = pair(&one_file("other.md", "x\n"));
+    let (a, mut b) = connected_pair(&one_file("other.md", "x\n"));
 
     b.stop();
     a.write("notes.md", "the same words\n");
@@ -546,7 +518,7 @@ fn create_vs_create_with_identical_content_is_one_file() {
 
 #[test]
 fn file_vs_directory_the_directory_keeps_the_name_and_the_file_keeps_its_extension() {
-    let (a, mut b) = pair(&one_file("other.md", "x\n"));
+    let (a, mut b) = connected_pair(&one_file("other.md", "x\n"));
 
     b.stop();
     a.write("x.md/inside.txt", "in the directory\n");
@@ -562,7 +534,7 @@ fn file_vs_directory_the_directory_keeps_the_name_and_the_file_keeps_its_extensi
 
 #[test]
 fn file_vs_directory_a_file_without_extension_gets_a_plain_conflict_name() {
-    let (mut a, b) = pair(&one_file("other.md", "x\n"));
+    let (mut a, b) = connected_pair(&one_file("other.md", "x\n"));
 
     // This time the file is the running peer's and the directory the restarted sharer's.
     a.stop();
@@ -579,7 +551,7 @@ fn file_vs_directory_a_file_without_extension_gets_a_plain_conflict_name() {
 
 #[test]
 fn names_differing_only_in_case_become_a_file_and_a_conflict_copy() {
-    let (a, mut b) = pair(&one_file("other.md", "x\n"));
+    let (a, mut b) = connected_pair(&one_file("other.md", "x\n"));
 
     b.stop();
     a.write("Notes.md", "capital, by a\n");
@@ -603,7 +575,7 @@ fn names_differing_only_in_case_become_a_file_and_a_conflict_copy() {
 #[test]
 fn interactive_rename_race_is_listed_once_and_resolved_everywhere() {
     let base = numbered_lines(5);
-    let (a, mut b) = pair(&one_file("notes.md", &base));
+    let (a, mut b) = connected_pair(&one_file("notes.md", &base));
     set_strategy(&b, &[&a, &b], "interactive");
 
     b.stop();
@@ -645,7 +617,7 @@ fn interactive_rename_race_is_listed_once_and_resolved_everywhere() {
 
 #[test]
 fn interactive_same_path_keeps_both_until_resolved_for_the_copy() {
-    let (a, mut b) = pair(&one_file("other.md", "x\n"));
+    let (a, mut b) = connected_pair(&one_file("other.md", "x\n"));
     set_strategy(&a, &[&a, &b], "interactive");
 
     b.stop();
@@ -680,7 +652,7 @@ fn interactive_rename_vs_delete_keeps_the_file_until_resolved_as_delete() {
     let base = numbered_lines(5);
     let mut seed = one_file("notes.md", &base);
     put_file(&mut seed, "other.md", "untouched\n");
-    let (a, mut b) = pair(&seed);
+    let (a, mut b) = connected_pair(&seed);
     set_strategy(&a, &[&a, &b], "interactive");
 
     b.stop();
@@ -713,7 +685,7 @@ fn interactive_rename_vs_delete_keeps_the_file_until_resolved_as_delete() {
 #[test]
 fn the_same_change_made_on_two_peers_is_kept_once() {
     let base = numbered_lines(10);
-    let (a, mut b) = pair(&one_file("notes.md", &base));
+    let (a, mut b) = connected_pair(&one_file("notes.md", &base));
 
     // Both take in the same change (both pulled the same commit, say), one of them offline.
     let appended = format!("{base}appended 1\nappended 2\nappended 3\n");

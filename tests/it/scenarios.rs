@@ -1,31 +1,10 @@
 //! Harder sync scenarios with real processes: renames racing edits, many files, a big file,
 //! and empty files. Each ends with an exact check of every peer's folder.
 
-use crate::harness::{Entry, Peer, Tree, assert_trees, put_dir, put_file, remove, rename, wait_converged_to};
-
-/// `count` numbered lines, each ending in `\n`.
-fn numbered_lines(count: usize) -> String {
-    (1..=count).map(|i| format!("line {i}\n")).collect()
-}
-
-/// `text` with its 1-based line `number` replaced by `new`.
-fn replace_line(text: &str, number: usize, new: &str) -> String {
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            let line = if i + 1 == number { new } else { line };
-            format!("{line}\n")
-        })
-        .collect()
-}
-
-/// A shares a folder that starts as `seed`, B joins it; both hold `seed` on return.
-fn connected_pair(seed: &Tree) -> (Peer, Peer) {
-    let a = Peer::share_tree("a", seed);
-    let b = Peer::join("b", a.ticket());
-    wait_converged_to(&[&a, &b], seed);
-    (a, b)
-}
+use crate::harness::{
+    Entry, Peer, Tree, assert_trees, connected_pair, numbered_lines, put_dir, put_file, remove, rename,
+    replace_line, wait_converged_to,
+};
 
 /// No path in `tree` is `dir` or lies below it.
 fn assert_no_path_under(peer: &Peer, dir: &str) {

@@ -3,39 +3,9 @@
 use std::ffi::OsStr;
 
 use crate::harness::{
-    AbsenceWatch, Entry, Peer, Tree, all_paths, assert_trees, put_dir, put_file, remove, rename,
-    wait_converged, wait_converged_to, wait_until,
+    AbsenceWatch, Entry, Peer, Tree, all_paths, assert_trees, connected_pair, numbered_lines, one_file,
+    put_dir, put_file, remove, rename, replace_line, wait_converged, wait_converged_to, wait_until,
 };
-
-/// `count` numbered lines, each ending in `\n`.
-fn numbered_lines(count: usize) -> String {
-    (1..=count).map(|i| format!("line {i}\n")).collect()
-}
-
-/// `text` with its 1-based line `number` replaced by `new`.
-fn replace_line(text: &str, number: usize, new: &str) -> String {
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            let line = if i + 1 == number { new } else { line };
-            format!("{line}\n")
-        })
-        .collect()
-}
-
-fn one_file(path: &str, content: &str) -> Tree {
-    let mut tree = Tree::new();
-    put_file(&mut tree, path, content);
-    tree
-}
-
-/// A shares a folder that starts as `seed`, B joins it; both hold `seed` on return.
-fn connected_pair(seed: &Tree) -> (Peer, Peer) {
-    let a = Peer::share_tree("a", seed);
-    let b = Peer::join("b", a.ticket());
-    wait_converged_to(&[&a, &b], seed);
-    (a, b)
-}
 
 #[test]
 fn join_copies_every_kind_of_text_file_byte_for_byte() {
