@@ -753,8 +753,21 @@ impl Replica {
         if !self.folder.is_ready() {
             return; // a joiner waits for the folder document before recording anything
         }
+        self.bind_actor();
         if let Some((scope, _, _)) = self.pending.take() {
             self.scan(scope);
+        }
+    }
+
+    /// Records once that this replica's Automerge actor writes for this node, so history
+    /// can say who wrote what.
+    fn bind_actor(&mut self) {
+        let me = self.me.to_string();
+        if self.folder.actor_member(&self.id.actor).as_deref() != Some(me.as_str())
+            && self.folder.bind_actor(&self.id.actor, &me).is_ok()
+        {
+            self.folder.commit();
+            self.dirty.insert(self.id.folder);
         }
     }
 

@@ -474,6 +474,11 @@ impl FolderDoc {
         out
     }
 
+    /// The member an Automerge actor writes for, if recorded.
+    pub fn actor_member(&self, actor: &ActorId) -> Option<String> {
+        self.str_at(&self.map(ACTORS)?, &actor.to_hex_string())
+    }
+
     /// Records that `actor` writes on behalf of member `endpoint`, so history can say who
     /// wrote what.
     pub fn bind_actor(&mut self, actor: &ActorId, endpoint: &str) -> Result<(), ModelError> {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
-use iroh::{Endpoint, EndpointAddr, EndpointId};
+use iroh::{Endpoint, EndpointAddr};
 use teatime_crdt::DocId;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -210,9 +210,4 @@ async fn run(
     let _ = access.inbox.send(Event::PeerDown { peer, conn_id }).await;
     access.links.down(peer);
     info!(peer = %peer.fmt_short(), "disconnected");
-}
-
-/// Identifies `id` briefly in logs.
-pub fn short(id: &EndpointId) -> String {
-    id.fmt_short().to_string()
 }
