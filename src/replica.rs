@@ -279,11 +279,11 @@ impl Replica {
             debug!(peer = %id.fmt_short(), "reconnecting to known peer");
             let _ = self.dial.try_send(addr);
         }
+        // Startup: what changed while teatime was stopped is recorded before any peer's
+        // change is applied, so an offline rename stays a rename (not a delete and a create)
+        // and races with what peers did meanwhile are seen as races.
         self.hint(Scope::All);
-        // Startup: the full scan runs at once, not after a debounce.
-        if let Some(p) = self.pending.as_mut() {
-            p.1 = Instant::now();
-        }
+        self.scan_pending();
         self.flush();
         loop {
             // A joiner keeps hints until the folder document arrives (a frame wakes it).
@@ -948,6 +948,12 @@ impl Replica {
             self.persist_docs(&mut to_send);
             if self.remote_changed.is_empty() || !self.folder.is_ready() {
                 break;
+            }
+            // Local changes the watcher reported but the debounce still holds go first:
+            // applying a remote change over an unrecorded local rename would lose it.
+            if self.pending.is_some() {
+                self.scan_pending();
+                self.persist_docs(&mut to_send);
             }
             let changed = std::mem::take(&mut self.remote_changed);
             if self.record_duplicates() {
