@@ -884,9 +884,9 @@ impl Replica {
                 move_in_index(&mut self.index, &from, &to);
                 let new_keys = within(&self.index, &to);
                 self.index_touched.extend(old_keys.into_iter().chain(new_keys));
+                // If a peer deleted it meanwhile, the new location is one the deletion had not
+                // seen: a rename-vs-delete race, which the folder's strategy settles.
                 self.folder.move_entry(id, self.parent_id(&to), name_of(&to), &self.stamp_at(at_ms))?;
-                // A move of something a peer deleted meanwhile brings it back: nothing lost.
-                self.folder.undelete(id)?;
                 self.dirty.insert(self.id.folder);
             }
             LocalOp::Edit { id, path, content, stat, hash } => {
