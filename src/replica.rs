@@ -145,6 +145,9 @@ pub struct Replica {
     pending: Option<(Scope, Instant, Instant)>,
     reported: HashSet<String>,
     tree: TreeCache,
+    /// Documents that arrived whole from a peer, with the heads they hold: persisted as
+    /// they came if nothing changed them before the next flush.
+    received_whole: HashMap<DocId, (Vec<ChangeHash>, Vec<u8>)>,
     /// Documents whose materialisation failed, and when to try again.
     retry: HashSet<DocId>,
     retry_at: Option<Instant>,
@@ -257,6 +260,7 @@ impl Replica {
             tree: TreeCache::default(),
             retry: HashSet::new(),
             retry_at: None,
+            received_whole: HashMap::new(),
         })
     }
 
@@ -648,6 +652,9 @@ impl Replica {
                     return;
                 }
                 let after = d.get_heads();
+                if before.is_empty() && !after.is_empty() {
+                    self.received_whole.insert(doc, (after.clone(), data));
+                }
                 if before != after {
                     self.dirty.insert(doc);
                     self.remote_changed.insert(doc);
@@ -1029,13 +1036,17 @@ impl Replica {
             let snapshot = self.store.wants_snapshot(*doc);
             let prev = self.saved.get(doc).cloned();
             self.tree.file_changed(*doc);
+            let received = self.received_whole.remove(doc);
             let d = self.doc_mut(*doc);
             let heads = d.get_heads();
             if prev.as_ref() == Some(&heads) {
                 continue;
             }
-            match prev {
-                Some(prev) if !snapshot => batch.changes.push((*doc, d.save_after(&prev))),
+            match (prev, received) {
+                (Some(prev), _) if !snapshot => batch.changes.push((*doc, d.save_after(&prev))),
+                // A document that arrived whole and has not changed since: its bytes are
+                // already a save, no need to encode it again (most of a join's CPU).
+                (_, Some((at, bytes))) if at == heads => batch.snapshots.push((*doc, bytes)),
                 _ => batch.snapshots.push((*doc, d.save())),
             }
             self.saved.insert(*doc, heads);
