@@ -59,6 +59,24 @@ const MAX_EVENTS_PER_FLUSH: usize = 256;
 /// Rounds of "write remote change, find a local edit, ingest it" before giving up for now.
 const MAX_MATERIALIZE_ROUNDS: usize = 4;
 
+/// An authenticated session with a peer, as the replica sees it.
+pub struct Session {
+    /// The peer.
+    pub peer: EndpointId,
+    /// Its display name.
+    pub name: String,
+    /// Where it can be reached.
+    pub addr: EndpointAddr,
+    /// This session.
+    pub conn_id: u64,
+    /// Whether this node dialed.
+    pub dialed_by_me: bool,
+    /// Frames to send it.
+    pub outbox: mpsc::Sender<Frame>,
+    /// The connection (closed when a duplicate session is dropped).
+    pub conn: Connection,
+}
+
 /// Input to the replica.
 pub enum Event {
     /// The watcher saw something in this scope.
@@ -66,22 +84,7 @@ pub enum Event {
     /// A command from the command line, and where to send the answer.
     Control(Request, oneshot::Sender<Response>),
     /// A session with a peer is authenticated and running.
-    PeerUp {
-        /// The peer.
-        peer: EndpointId,
-        /// Its display name.
-        name: String,
-        /// Where it can be reached.
-        addr: EndpointAddr,
-        /// This session.
-        conn_id: u64,
-        /// Whether this node dialed.
-        dialed_by_me: bool,
-        /// Frames to send it.
-        outbox: mpsc::Sender<Frame>,
-        /// The connection (closed when a duplicate session is dropped).
-        conn: Connection,
-    },
+    PeerUp(Session),
     /// A session ended.
     PeerDown {
         /// The peer.
@@ -371,9 +374,7 @@ impl Replica {
     fn handle(&mut self, ev: Event) {
         match ev {
             Event::Hint(scope) => self.hint(scope),
-            Event::PeerUp { peer, name, addr, conn_id, dialed_by_me, outbox, conn } => {
-                self.peer_up(peer, name, addr, conn_id, dialed_by_me, outbox, conn)
-            }
+            Event::PeerUp(session) => self.peer_up(session),
             Event::PeerDown { peer, conn_id } => {
                 if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.peers.remove(&peer);
@@ -528,17 +529,8 @@ impl Replica {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)] // the fields of Event::PeerUp, destructured
-    fn peer_up(
-        &mut self,
-        peer: EndpointId,
-        name: String,
-        addr: EndpointAddr,
-        conn_id: u64,
-        dialed_by_me: bool,
-        outbox: mpsc::Sender<Frame>,
-        conn: Connection,
-    ) {
+    fn peer_up(&mut self, session: Session) {
+        let Session { peer, name, addr, conn_id, dialed_by_me, outbox, conn } = session;
         if let Some(existing) = self.peers.get(&peer) {
             // Same dialer: the peer reconnected and the old session is stale (e.g. the
             // peer crashed and QUIC has not timed out yet): the new one wins.

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::Links;
 use super::auth;
 use super::wire::{ALPN, Frame, read_frame, write_frame};
-use crate::replica::Event;
+use crate::replica::{Event, Session};
 
 /// How long each handshake step may take before the connection is dropped.
 const HANDSHAKE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -171,7 +171,7 @@ async fn run(
     let (outbox, mut out_rx) = mpsc::channel::<Frame>(OUTBOX_CAPACITY);
     access.links.up(peer);
     info!(peer = %peer.fmt_short(), %name, dialed_by_me, "connected");
-    let up = Event::PeerUp { peer, name, addr, conn_id, dialed_by_me, outbox, conn: conn.clone() };
+    let up = Event::PeerUp(Session { peer, name, addr, conn_id, dialed_by_me, outbox, conn: conn.clone() });
     if access.inbox.send(up).await.is_err() {
         access.links.down(peer);
         return;
