@@ -447,9 +447,17 @@ impl Peer {
     /// Runs a command with this peer's home that must end by itself, e.g. a failing `join`.
     /// `RUST_LOG` is unset so stderr is what a user would see.
     pub fn run_to_end(&self, args: &[&OsStr]) -> Finished {
+        let (status, stdout, stderr) = self.run_captured(args, "run");
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+        Finished { status, stdout: text(stdout), stderr: text(stderr) }
+    }
+
+    /// Runs a command with this peer's home (`RUST_LOG` unset), its output captured in
+    /// files named after `tag`; panics if it is still running after [`deadline`].
+    fn run_captured(&self, args: &[&OsStr], tag: &str) -> (ExitStatus, Vec<u8>, Vec<u8>) {
         let root = self.root_path();
-        let out_path = root.join("run.stdout");
-        let err_path = root.join("run.stderr");
+        let out_path = root.join(format!("{tag}.stdout"));
+        let err_path = root.join(format!("{tag}.stderr"));
         let mut child = self
             .command(args)
             .env_remove("RUST_LOG")
@@ -460,10 +468,13 @@ impl Peer {
         let Some(status) = wait_exit(&mut child, deadline()) else {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("`teatime {args:?}` still running after {:?}", deadline());
+            panic!("`teatime {args:?}` on {} still running after {:?}", self.name, deadline());
         };
-        let read = |p: &Path| String::from_utf8_lossy(&fs::read(p).expect("read output")).into();
-        Finished { status, stdout: read(&out_path), stderr: read(&err_path) }
+        let stdout = fs::read(&out_path).expect("read stdout");
+        let stderr = fs::read(&err_path).expect("read stderr");
+        let _ = fs::remove_file(&out_path);
+        let _ = fs::remove_file(&err_path);
+        (status, stdout, stderr)
     }
 
     /// This peer's folder as a command-line argument.
@@ -478,26 +489,8 @@ impl Peer {
     pub fn cli(&self, args: &[&str]) -> Output {
         static CALLS: AtomicU32 = AtomicU32::new(0);
         let n = CALLS.fetch_add(1, Ordering::Relaxed);
-        let root = self.root_path();
-        let out_path = root.join(format!("cli-{n}.stdout"));
-        let err_path = root.join(format!("cli-{n}.stderr"));
         let os_args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-        let mut child = self
-            .command(&os_args)
-            .env_remove("RUST_LOG")
-            .stdout(File::create(&out_path).expect("create stdout file"))
-            .stderr(File::create(&err_path).expect("create stderr file"))
-            .spawn()
-            .expect("spawn teatime");
-        let Some(status) = wait_exit(&mut child, deadline()) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`teatime {}` on {} still running after {:?}", args.join(" "), self.name, deadline());
-        };
-        let stdout = fs::read(&out_path).expect("read stdout");
-        let stderr = fs::read(&err_path).expect("read stderr");
-        let _ = fs::remove_file(&out_path);
-        let _ = fs::remove_file(&err_path);
+        let (status, stdout, stderr) = self.run_captured(&os_args, &format!("cli-{n}"));
         if let Ok(mut log) = OpenOptions::new().create(true).append(true).open(&self.log) {
             let _ = writeln!(
                 log,
@@ -728,4 +721,17 @@ pub fn connected_pair(seed: &Tree) -> (Peer, Peer) {
     let b = Peer::join("b", a.ticket());
     wait_converged_to(&[&a, &b], seed);
     (a, b)
+}
+
+/// Waits until every peer holds `expected`; then each peer writes a barrier file, which
+/// arrives everywhere after anything still in flight; then asserts the exact tree.
+pub fn settle(peers: &[&Peer], expected: &mut Tree) {
+    wait_converged_to(peers, expected);
+    for peer in peers {
+        let path = format!("barrier-{}.txt", peer.name);
+        peer.write(&path, "done\n");
+        put_file(expected, &path, "done\n");
+    }
+    wait_converged_to(peers, expected);
+    assert_trees(peers, expected);
 }

@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{
-    Peer, Tree, assert_trees, connected_pair, numbered_lines, one_file, put_dir, put_file, remove,
-    replace_line, wait_converged_to, wait_for,
+    Peer, Tree, connected_pair, numbered_lines, one_file, put_dir, put_file, remove, replace_line, settle,
+    wait_converged_to, wait_for,
 };
 
 /// More than the watcher's longest debounce (250 ms): an action made before this pause is
@@ -28,19 +28,6 @@ const STAMP_GAP: Duration = Duration::from_millis(300);
 
 fn let_stamps_differ() {
     thread::sleep(STAMP_GAP);
-}
-
-/// Waits until every peer holds `expected`; then each peer writes a barrier file, which
-/// arrives everywhere after anything still in flight; then asserts the exact tree.
-fn settle(peers: &[&Peer], expected: &mut Tree) {
-    wait_converged_to(peers, expected);
-    for peer in peers {
-        let path = format!("barrier-{}.txt", peer.name);
-        peer.write(&path, "done\n");
-        put_file(expected, &path, "done\n");
-    }
-    wait_converged_to(peers, expected);
-    assert_trees(peers, expected);
 }
 
 /// No two paths on `peer`'s disk differ only in letter case.

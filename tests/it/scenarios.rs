@@ -3,7 +3,7 @@
 
 use crate::harness::{
     Entry, Peer, Tree, assert_trees, connected_pair, numbered_lines, put_dir, put_file, remove, rename,
-    replace_line, wait_converged_to,
+    replace_line, settle, wait_converged_to,
 };
 
 /// No path in `tree` is `dir` or lies below it.
@@ -83,12 +83,7 @@ fn hundreds_of_files_join_then_mass_delete_and_edit() {
     }
     assert_eq!(edited, 50);
     assert_eq!(expected.values().filter(|e| matches!(e, Entry::File(_))).count(), 200);
-    wait_converged_to(&[&a, &b], &expected);
-
-    a.write("barrier.txt", "done\n");
-    put_file(&mut expected, "barrier.txt", "done\n");
-    wait_converged_to(&[&a, &b], &expected);
-    assert_trees(&[&a, &b], &expected);
+    settle(&[&a, &b], &mut expected);
 }
 
 #[test]
@@ -124,12 +119,7 @@ fn a_file_moved_on_one_peer_while_edited_on_the_other_keeps_the_edit() {
 
     put_file(&mut expected, "src/moving.txt", &edited);
     rename(&mut expected, "src/moving.txt", "dst/moving.txt");
-    wait_converged_to(&[&a, &b], &expected);
-
-    a.write("barrier.txt", "done\n");
-    put_file(&mut expected, "barrier.txt", "done\n");
-    wait_converged_to(&[&a, &b], &expected);
-    assert_trees(&[&a, &b], &expected);
+    settle(&[&a, &b], &mut expected);
 }
 
 #[test]
