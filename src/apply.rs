@@ -31,6 +31,7 @@ use std::path::Path;
 use teatime_crdt::path::TEMP_PREFIX;
 use teatime_crdt::{DocId, EntryKind, Tree};
 
+use crate::filter::Filter;
 use crate::scan::{disk_entry, is_within, move_in_index, parent_of, stat_of};
 use crate::store::{Index, IndexEntry, Stat};
 
@@ -53,6 +54,7 @@ pub struct Materialized {
 pub fn materialize(
     root: &Path,
     tree: &Tree,
+    filter: &Filter,
     index: &mut Index,
     changed: &HashSet<DocId>,
     text_of: &mut dyn FnMut(DocId) -> Option<(String, Vec<[u8; 32]>)>,
@@ -65,6 +67,16 @@ pub fn materialize(
         .filter(|(_, e)| tree.path_of(e.id).is_none())
         .map(|(p, e)| (p.clone(), e.clone()))
         .collect();
+    for (path, e) in &doomed {
+        // Excluded here (ignored, untracked): never deleted because of a peer; the entry
+        // is simply forgotten.
+        if filter.excludes(path, e.kind == EntryKind::Dir) {
+            index.remove(path);
+            m.touched.insert(path.clone());
+        }
+    }
+    let doomed: Vec<(String, IndexEntry)> =
+        doomed.into_iter().filter(|(p, _)| index.contains_key(p)).collect();
     for (path, e) in doomed.iter().filter(|(_, e)| e.kind == EntryKind::File) {
         // Another entry with the same content now owns this path (the same file created
         // on two peers): the bytes on disk are already right, only the owner changes.
@@ -97,6 +109,13 @@ pub fn materialize(
                 index.remove(path);
                 m.touched.insert(path.clone());
             }
+            // Not empty because of excluded files (ignored locally): they stay, and so
+            // does the directory, now local (the scan does not publish a directory that
+            // holds only excluded things).
+            Err(_) if holds_only_excluded(root, path, filter) => {
+                index.remove(path);
+                m.touched.insert(path.clone());
+            }
             // Not empty: it holds something teatime does not know about. Keep it; the
             // caller scans it so those files are synced rather than lost.
             Err(_) => {
@@ -108,6 +127,9 @@ pub fn materialize(
     // 2. Moves, parents first, then 3. creations and content, also parents first.
     let mut where_is: HashMap<DocId, String> = index.iter().map(|(p, e)| (e.id, p.clone())).collect();
     for (path, &(id, kind)) in &tree.by_path {
+        if filter.excludes(path, kind == EntryKind::Dir) {
+            continue;
+        }
         if let Some(current) = where_is.get(&id).cloned()
             && current != *path
             && let Err(err) = move_entry(root, index, &mut where_is, &mut m, &current, path)
@@ -139,6 +161,17 @@ pub fn materialize(
         }
     }
     m
+}
+
+/// Whether everything under `dir` is excluded by `filter` (and so not teatime's to remove).
+fn holds_only_excluded(root: &Path, dir: &str, filter: &Filter) -> bool {
+    let Ok(rd) = fs::read_dir(root.join(dir)) else { return false };
+    rd.flatten().all(|d| {
+        let Some(name) = d.file_name().to_str().map(str::to_string) else { return false };
+        let child = format!("{dir}/{name}");
+        let is_dir = d.file_type().is_ok_and(|t| t.is_dir());
+        filter.excludes(&child, is_dir) || (is_dir && holds_only_excluded(root, &child, filter))
+    })
 }
 
 /// Moves the entry at `from` to `to` on disk and in the index, first moving aside a

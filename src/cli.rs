@@ -53,7 +53,8 @@ enum Command {
         /// The folder.
         dir: PathBuf,
     },
-    /// Show or change a folder setting (`conflict-strategy`: timestamp, priority, interactive).
+    /// Show or change a setting: conflict-strategy, sync-exec-bit, text-limit (the folder's,
+    /// synced); tracking, mode (this peer's own).
     Config {
         /// The folder.
         dir: PathBuf,
@@ -61,6 +62,30 @@ enum Command {
         key: String,
         /// The new value (omit to show the current one).
         value: Option<String>,
+    },
+    /// Whitelist mode: sync these paths (files or directories, relative to the folder).
+    Track {
+        /// The folder.
+        dir: PathBuf,
+        /// The paths.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Whitelist mode: stop syncing these paths here (nothing is deleted anywhere).
+    Untrack {
+        /// The folder.
+        dir: PathBuf,
+        /// The paths.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// List the paths this peer tracks in whitelist mode.
+    Tracked {
+        /// The folder.
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// List a folder's members, or change one.
     #[command(args_conflicts_with_subcommands = true)]
@@ -115,15 +140,31 @@ pub fn main() -> ExitCode {
         Command::Share { dir } => (dir, Start::Share),
         Command::Sync { dir } => (dir, Start::Sync),
         Command::Config { dir, key, value } => {
-            if key != "conflict-strategy" {
-                eprintln!("error: unknown setting {key:?} (known: conflict-strategy)");
+            if !control::SETTINGS.iter().any(|(k, _, _)| *k == key) {
+                eprintln!("error: unknown setting {key:?}; known settings:");
+                for (k, whose, values) in control::SETTINGS {
+                    eprintln!("  {k:<18} {values}  ({whose})");
+                }
                 return ExitCode::from(2);
             }
-            let req = match value {
-                Some(v) => Request::SetStrategy(v),
-                None => Request::GetStrategy,
+            return command(cli.home, cli.name, &dir, Request::Setting { key, value }, Output::Plain);
+        }
+        Command::Track { dir, paths } => {
+            let paths = match folder_relative(&dir, &paths) {
+                Ok(p) => p,
+                Err(e) => return usage_error(e),
             };
-            return command(cli.home, cli.name, &dir, req, Output::Plain);
+            return command(cli.home, cli.name, &dir, Request::Track(paths), Output::Plain);
+        }
+        Command::Untrack { dir, paths } => {
+            let paths = match folder_relative(&dir, &paths) {
+                Ok(p) => p,
+                Err(e) => return usage_error(e),
+            };
+            return command(cli.home, cli.name, &dir, Request::Untrack(paths), Output::Plain);
+        }
+        Command::Tracked { dir, json } => {
+            return command(cli.home, cli.name, &dir, Request::Tracked, Output::pick(json, Output::Tracked));
         }
         Command::Peers { action: Some(PeersAction::SetTier { peer, tier, dir }), .. } => {
             return command(cli.home, cli.name, &dir, Request::SetTier { peer, tier }, Output::Plain);
@@ -189,6 +230,7 @@ enum Output {
     Plain,
     Peers,
     Conflicts,
+    Tracked,
 }
 
 impl Output {
@@ -244,6 +286,12 @@ fn command(
                 );
             }
         }
+        Output::Tracked => {
+            println!("tracking: {}", value["tracking"].as_str().unwrap_or(""));
+            for p in value["paths"].as_array().into_iter().flatten() {
+                println!("{}", p.as_str().unwrap_or(""));
+            }
+        }
         Output::Conflicts => {
             let list = value.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
@@ -263,6 +311,45 @@ fn command(
         }
     }
     ExitCode::SUCCESS
+}
+
+fn usage_error(msg: String) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+/// Paths given on the command line as folder-relative, `/`-joined paths: an absolute path
+/// (or one that exists from here) must lie inside the folder; anything else is taken as
+/// relative to the folder. `..` never leaves it.
+fn folder_relative(dir: &Path, paths: &[String]) -> Result<Vec<String>, String> {
+    let root = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut out = Vec::new();
+    for p in paths {
+        let given = Path::new(p);
+        let rel = match given.canonicalize() {
+            Ok(abs) if given.is_absolute() || abs.starts_with(&root) => abs
+                .strip_prefix(&root)
+                .map_err(|_| format!("{p} is outside the folder {}", root.display()))?
+                .to_path_buf(),
+            _ if given.is_absolute() => return Err(format!("{p} is outside the folder {}", root.display())),
+            _ => given.to_path_buf(),
+        };
+        let mut parts = Vec::new();
+        for c in rel.components() {
+            match c {
+                std::path::Component::Normal(s) => {
+                    parts.push(s.to_str().ok_or_else(|| format!("{p}: not valid UTF-8"))?.to_string())
+                }
+                std::path::Component::CurDir => {}
+                _ => return Err(format!("{p}: give a path inside the folder")),
+            }
+        }
+        if parts.is_empty() {
+            return Err(format!("{p}: give a path inside the folder, not the folder itself"));
+        }
+        out.push(parts.join("/"));
+    }
+    Ok(out)
 }
 
 fn init_logging() {

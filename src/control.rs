@@ -29,10 +29,19 @@ const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 /// A command for a folder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
-    /// The conflict strategy.
-    GetStrategy,
-    /// Sets the conflict strategy (`timestamp`, `priority`, `interactive`).
-    SetStrategy(String),
+    /// Shows a setting, or changes it when a value is given (see [`SETTINGS`]).
+    Setting {
+        /// The setting.
+        key: String,
+        /// The new value.
+        value: Option<String>,
+    },
+    /// Whitelist mode: adds paths (relative to the folder) to what this peer syncs.
+    Track(Vec<String>),
+    /// Whitelist mode: removes paths from what this peer syncs (nothing is deleted).
+    Untrack(Vec<String>),
+    /// The tracked paths.
+    Tracked,
     /// The members.
     Peers,
     /// Sets a member's tier; the member is an endpoint id, a unique prefix of one, or a name.
@@ -52,6 +61,16 @@ pub enum Request {
         keep: String,
     },
 }
+
+/// Settings `teatime config` knows: name, whether it is the folder's (synced to every peer)
+/// or this peer's own, and what it takes.
+pub const SETTINGS: &[(&str, &str, &str)] = &[
+    ("conflict-strategy", "folder", "timestamp | priority | interactive"),
+    ("sync-exec-bit", "folder", "on | off"),
+    ("text-limit", "folder", "bytes: larger files sync as binary"),
+    ("tracking", "this peer", "all | whitelist"),
+    ("mode", "this peer", "send-receive | send-only | receive-only"),
+];
 
 /// The answer: a JSON value, or a one-line error.
 pub type Response = Result<serde_json::Value, String>;

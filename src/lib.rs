@@ -9,7 +9,9 @@
 pub mod apply;
 pub mod cli;
 pub mod control;
+pub mod filter;
 pub mod home;
+pub mod local;
 pub mod net;
 pub mod node;
 pub mod replica;

@@ -36,6 +36,8 @@ use tracing::{debug, info, warn};
 
 use crate::apply::{self, materialize};
 use crate::control::{Request, Response};
+use crate::filter::Filter;
+use crate::local;
 use crate::net::wire::{Frame, Heads};
 use crate::scan::{self, LocalOp, Scope, move_in_index, name_of, ns_to_ms, parent_of};
 use crate::store::{Batch, Index, IndexEntry, Store};
@@ -141,6 +143,8 @@ pub struct Replica {
     peers: HashMap<EndpointId, Link>,
     dial: mpsc::Sender<EndpointAddr>,
     text_limit: u64,
+    /// What is synced on this peer (ignore rules, whitelist).
+    filter: Filter,
     // Work accumulated since the last flush.
     dirty: BTreeSet<DocId>,
     remote_changed: HashSet<DocId>,
@@ -200,6 +204,11 @@ impl FileFacts for Facts<'_> {
     }
 }
 
+fn unknown_setting(key: &str) -> String {
+    let known: Vec<&str> = crate::control::SETTINGS.iter().map(|(k, _, _)| *k).collect();
+    format!("unknown setting {key:?} (known: {})", known.join(", "))
+}
+
 /// Milliseconds since the epoch: the wall clock, used only to weigh races.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -242,7 +251,9 @@ impl Replica {
         }
         let folder =
             folder.unwrap_or_else(|| FolderDoc::from_doc(AutoCommit::new().with_actor(id.actor.clone())));
+        let filter = Filter::load(&root, local::tracked(&store)?);
         Ok(Replica {
+            filter,
             root,
             store,
             id,
@@ -355,6 +366,11 @@ impl Replica {
     }
 
     fn hint(&mut self, scope: Scope) {
+        if let Scope::Paths(paths) = &scope
+            && paths.iter().any(|p| Filter::is_rule_file(p))
+        {
+            return self.reload_filter();
+        }
         let now = Instant::now();
         self.pending = Some(match self.pending.take() {
             None => (scope, now + DEBOUNCE, now + MAX_DEBOUNCE),
@@ -397,13 +413,23 @@ impl Replica {
             return Err("the folder has not arrived from its peers yet".into());
         }
         let changed = match req {
-            Request::GetStrategy => return Ok(json!(self.folder.strategy().as_str())),
-            Request::SetStrategy(s) => {
-                let s = Strategy::parse(&s).ok_or_else(|| {
-                    format!("unknown conflict strategy {s:?} (expected timestamp, priority or interactive)")
-                })?;
-                self.folder.set_strategy(s).map_err(|e| e.to_string())?;
-                true
+            Request::Setting { key, value: None } => return self.setting(&key).map(|v| json!(v)),
+            Request::Setting { key, value: Some(value) } => self.set_setting(&key, &value)?,
+            Request::Track(paths) | Request::Untrack(paths) if paths.is_empty() => {
+                return Err("give at least one path".into());
+            }
+            Request::Track(paths) => {
+                self.change_tracked(|set| set.extend(paths))?;
+                false
+            }
+            Request::Untrack(paths) => {
+                self.change_tracked(|set| set.retain(|t| !paths.contains(t)))?;
+                false
+            }
+            Request::Tracked => {
+                let paths = local::tracked_paths(&self.store).map_err(|e| format!("{e:#}"))?;
+                let mode = local::tracking(&self.store).map_err(|e| format!("{e:#}"))?;
+                return Ok(json!({"tracking": mode.as_str(), "paths": paths}));
             }
             Request::Peers => {
                 let me = self.me.to_string();
@@ -433,6 +459,48 @@ impl Replica {
             self.remote_changed.insert(self.id.folder);
         }
         Ok(json!("ok"))
+    }
+
+    fn setting(&self, key: &str) -> Result<String, String> {
+        let err = |e: anyhow::Error| format!("{e:#}");
+        Ok(match key {
+            "conflict-strategy" => self.folder.strategy().as_str().to_string(),
+            "tracking" => local::tracking(&self.store).map_err(err)?.as_str().to_string(),
+            _ => return Err(unknown_setting(key)),
+        })
+    }
+
+    /// Changes a setting; returns whether the folder document changed.
+    fn set_setting(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        let err = |e: anyhow::Error| format!("{e:#}");
+        match key {
+            "conflict-strategy" => {
+                let s = Strategy::parse(value).ok_or_else(|| {
+                    format!(
+                        "unknown conflict strategy {value:?} (expected timestamp, priority or interactive)"
+                    )
+                })?;
+                self.folder.set_strategy(s).map_err(|e| e.to_string())?;
+                Ok(true)
+            }
+            "tracking" => {
+                let t = local::Tracking::parse(value)
+                    .ok_or_else(|| format!("unknown tracking {value:?} (expected all or whitelist)"))?;
+                local::set_tracking(&self.store, t).map_err(err)?;
+                self.reload_filter();
+                Ok(false)
+            }
+            _ => Err(unknown_setting(key)),
+        }
+    }
+
+    fn change_tracked(&mut self, change: impl FnOnce(&mut BTreeSet<String>)) -> Result<(), String> {
+        let err = |e: anyhow::Error| format!("{e:#}");
+        let mut set = local::tracked_paths(&self.store).map_err(err)?;
+        change(&mut set);
+        local::set_tracked_paths(&self.store, &set).map_err(err)?;
+        self.reload_filter();
+        Ok(())
     }
 
     fn find_member(&self, who: &str) -> Result<String, String> {
@@ -770,9 +838,26 @@ impl Replica {
         }
     }
 
+    /// Reads the ignore rules and the whitelist again, then looks at the whole folder: files
+    /// no longer excluded are picked up (local ones published, remote ones written).
+    fn reload_filter(&mut self) {
+        let tracked = local::tracked(&self.store).unwrap_or_else(|e| {
+            warn!("could not read the tracked paths: {e:#}");
+            None
+        });
+        self.filter = Filter::load(&self.root, tracked);
+        for p in &self.filter.problems {
+            warn!("ignore rules: {p}");
+        }
+        self.hint(Scope::All);
+        if self.folder.is_ready() {
+            self.remote_changed.insert(self.id.folder);
+        }
+    }
+
     fn scan(&mut self, scope: Scope) {
         let mut new_id = || DocId(rand::random());
-        let r = scan::reconcile(&self.root, &self.index, &scope, self.text_limit, &mut new_id);
+        let r = scan::reconcile(&self.root, &self.index, &scope, &self.filter, self.text_limit, &mut new_id);
         for s in r.skipped {
             if self.reported.insert(format!("{}\0{}", s.path, s.reason)) {
                 info!(path = %s.path, "not synced: {}", s.reason);
@@ -964,8 +1049,12 @@ impl Replica {
                 let f = files.get_mut(&id)?;
                 Some((f.text()?, hashes(&f.heads())))
             };
-            let m = materialize(&self.root, tree, &mut self.index, &changed, &mut text_of);
+            let m = materialize(&self.root, tree, &self.filter, &mut self.index, &changed, &mut text_of);
+            let rules_changed = m.touched.iter().any(|p| Filter::is_rule_file(p));
             self.index_touched.extend(m.touched);
+            if rules_changed {
+                self.reload_filter();
+            }
             for (path, id, err) in m.errors {
                 // Often transient (a local move not scanned yet): try again shortly.
                 warn!(%path, "could not apply a remote change (will retry): {err}");

@@ -15,9 +15,9 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use teatime_crdt::path::{STATE_DIR, TEMP_PREFIX};
 use teatime_crdt::{DocId, EntryKind};
 
+use crate::filter::Filter;
 use crate::store::{Index, IndexEntry, Stat};
 
 /// Files larger than this are not text documents (Automerge's memory cost per byte).
@@ -77,25 +77,6 @@ pub fn is_within(path: &str, dir: &str) -> bool {
     path == dir || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
-/// Names teatime never syncs: its own state and temp files, `.git`, and the swap, backup
-/// and temp files editors write next to the real file.
-pub fn is_ignored_name(name: &str, at_root: bool) -> bool {
-    (at_root && name == STATE_DIR)
-        || name == ".git"
-        || name.starts_with(TEMP_PREFIX)
-        || name.ends_with(".swp")
-        || name.ends_with(".swx")
-        || name.ends_with('~')
-        || name.starts_with(".#")
-        || name == "4913"
-        || name.ends_with(".tmp")
-}
-
-/// Whether a relative path is ignored (any of its components is).
-pub fn is_ignored_path(rel: &str) -> bool {
-    rel.split('/').enumerate().any(|(i, c)| is_ignored_name(c, i == 0))
-}
-
 /// What is on disk at a path.
 #[derive(Debug, Clone, Copy)]
 pub struct DiskEntry {
@@ -138,24 +119,33 @@ pub struct Skipped {
     pub reason: &'static str,
 }
 
-/// Walks `scope` under `root`, never following symlinks.
-pub fn walk(root: &Path, scope: &Scope, skipped: &mut Vec<Skipped>) -> BTreeMap<String, DiskEntry> {
-    let mut out = BTreeMap::new();
+/// What a walk found.
+#[derive(Default)]
+pub struct Walked {
+    /// Synced paths on disk.
+    pub entries: BTreeMap<String, DiskEntry>,
+    /// Directories that hold excluded entries.
+    pub holding_excluded: BTreeSet<String>,
+}
+
+/// Walks `scope` under `root`, never following symlinks, skipping what `filter` excludes.
+pub fn walk(root: &Path, scope: &Scope, filter: &Filter, skipped: &mut Vec<Skipped>) -> Walked {
+    let mut out = Walked::default();
     match scope {
-        Scope::All => walk_dir(root, "", &mut out, skipped),
+        Scope::All => walk_dir(root, "", filter, &mut out, skipped),
         Scope::Paths(paths) => {
             for rel in paths {
-                if is_ignored_path(rel) {
-                    continue;
-                }
                 let Ok(meta) = fs::symlink_metadata(root.join(rel)) else {
                     continue;
                 };
+                if filter.excludes(rel, meta.is_dir()) {
+                    continue;
+                }
                 match disk_entry(&meta) {
                     Some(d) => {
-                        out.insert(rel.clone(), d);
+                        out.entries.insert(rel.clone(), d);
                         if d.kind == EntryKind::Dir {
-                            walk_dir(root, rel, &mut out, skipped);
+                            walk_dir(root, rel, filter, &mut out, skipped);
                         }
                     }
                     None => {
@@ -168,7 +158,7 @@ pub fn walk(root: &Path, scope: &Scope, skipped: &mut Vec<Skipped>) -> BTreeMap<
     out
 }
 
-fn walk_dir(root: &Path, rel: &str, out: &mut BTreeMap<String, DiskEntry>, skipped: &mut Vec<Skipped>) {
+fn walk_dir(root: &Path, rel: &str, filter: &Filter, out: &mut Walked, skipped: &mut Vec<Skipped>) {
     let Ok(rd) = fs::read_dir(root.join(rel)) else {
         return;
     };
@@ -181,16 +171,17 @@ fn walk_dir(root: &Path, rel: &str, out: &mut BTreeMap<String, DiskEntry>, skipp
             });
             continue;
         };
-        if is_ignored_name(name, rel.is_empty()) {
-            continue;
-        }
         let child = join(rel, name);
         let Ok(meta) = dent.metadata() else { continue };
+        if filter.excludes(&child, meta.is_dir()) {
+            out.holding_excluded.insert(rel.to_string());
+            continue;
+        }
         match disk_entry(&meta) {
             Some(d) => {
-                out.insert(child.clone(), d);
+                out.entries.insert(child.clone(), d);
                 if d.kind == EntryKind::Dir {
-                    walk_dir(root, &child, out, skipped);
+                    walk_dir(root, &child, filter, out, skipped);
                 }
             }
             None => skipped.push(Skipped { path: child, reason: "symlink or special file (never followed)" }),
@@ -317,11 +308,13 @@ pub fn reconcile(
     root: &Path,
     index: &Index,
     scope: &Scope,
+    filter: &Filter,
     text_limit: u64,
     new_id: &mut dyn FnMut() -> DocId,
 ) -> Reconciled {
     let mut out = Reconciled::default();
-    let disk = walk(root, scope, &mut out.skipped);
+    let walked = walk(root, scope, filter, &mut out.skipped);
+    let disk = walked.entries;
     // Only what the scope covers: a hint about one file must not copy a 100k-entry index.
     let mut working = scope.select(index);
 
@@ -330,10 +323,12 @@ pub fn reconcile(
     // Vanished entries that may turn out to be moves: by inode, and by content hash.
     let mut gone_by_ino: BTreeMap<u64, String> = BTreeMap::new();
     let mut gone_by_hash: BTreeMap<[u8; 32], String> = BTreeMap::new();
-    // Ignored index paths (e.g. an entry moved aside mid-materialisation) are never "gone".
-    let in_scope = |path: &str| scope.contains(path) && !is_ignored_path(path);
+    // Excluded index paths (e.g. a file that became ignored, or an entry moved aside
+    // mid-materialisation) are never "gone": nothing is deleted because it became excluded.
+    let in_scope =
+        |path: &str, kind: EntryKind| scope.contains(path) && !filter.excludes(path, kind == EntryKind::Dir);
     for (path, e) in &working {
-        if in_scope(path) && !on_disk_as(path, e.kind) {
+        if in_scope(path, e.kind) && !on_disk_as(path, e.kind) {
             gone_by_ino.insert(e.stat.ino, path.clone());
             if e.kind == EntryKind::File {
                 gone_by_hash.insert(e.hash, path.clone());
@@ -357,6 +352,11 @@ pub fn reconcile(
             continue;
         }
         match d.kind {
+            // A new directory that holds only excluded things (a build output, a cache) is
+            // local: publishing it would only show peers an empty directory.
+            EntryKind::Dir
+                if walked.holding_excluded.contains(path)
+                    && disk.range(format!("{path}/")..).next().is_none_or(|(k, _)| !is_within(k, path)) => {}
             EntryKind::Dir => {
                 let id = new_id();
                 working.insert(path.clone(), IndexEntry::dir(id, d.stat));
@@ -430,7 +430,7 @@ pub fn reconcile(
     // Whatever is still missing was deleted; children before parents.
     let gone: Vec<(String, DocId)> = working
         .iter()
-        .filter(|(p, e)| in_scope(p) && !on_disk_as(p, e.kind))
+        .filter(|(p, e)| in_scope(p, e.kind) && !on_disk_as(p, e.kind))
         .map(|(p, e)| (p.clone(), e.id))
         .collect();
     for (path, id) in gone.into_iter().rev() {
@@ -504,20 +504,41 @@ mod tests {
         fs::write(root.join("x.swp"), "swap").unwrap();
         let mut new_id = ids();
         let mut index = Index::new();
-        let r = reconcile(root, &index, &Scope::All, DEFAULT_TEXT_LIMIT_BYTES, &mut new_id);
+        let r = reconcile(
+            root,
+            &index,
+            &Scope::All,
+            &Filter::load(root, None),
+            DEFAULT_TEXT_LIMIT_BYTES,
+            &mut new_id,
+        );
         assert_eq!(r.ops.len(), 4, "{:?}", r.ops);
         assert_eq!(r.skipped.len(), 1);
         apply(&mut index, &r.ops);
 
         // Nothing changed: nothing to do (files written this instant are "racy" and get
         // re-read, which at most refreshes their metadata).
-        let r = reconcile(root, &index, &Scope::All, DEFAULT_TEXT_LIMIT_BYTES, &mut new_id);
+        let r = reconcile(
+            root,
+            &index,
+            &Scope::All,
+            &Filter::load(root, None),
+            DEFAULT_TEXT_LIMIT_BYTES,
+            &mut new_id,
+        );
         assert!(r.ops.iter().all(|op| matches!(op, LocalOp::Touch { .. })), "{:?}", r.ops);
         apply(&mut index, &r.ops);
         for e in index.values_mut() {
             e.racy = false;
         }
-        let r = reconcile(root, &index, &Scope::All, DEFAULT_TEXT_LIMIT_BYTES, &mut new_id);
+        let r = reconcile(
+            root,
+            &index,
+            &Scope::All,
+            &Filter::load(root, None),
+            DEFAULT_TEXT_LIMIT_BYTES,
+            &mut new_id,
+        );
         assert!(r.ops.is_empty(), "{:?}", r.ops);
 
         // Directory rename: one move, children follow.
@@ -525,7 +546,14 @@ mod tests {
         // Atomic save of b.md: new inode at the same path is an edit.
         fs::write(root.join("b.tmp2"), "two!").unwrap();
         fs::rename(root.join("b.tmp2"), root.join("b.md")).unwrap();
-        let r = reconcile(root, &index, &Scope::All, DEFAULT_TEXT_LIMIT_BYTES, &mut new_id);
+        let r = reconcile(
+            root,
+            &index,
+            &Scope::All,
+            &Filter::load(root, None),
+            DEFAULT_TEXT_LIMIT_BYTES,
+            &mut new_id,
+        );
         assert!(
             matches!(&r.ops[0], LocalOp::Move { from, to, .. } if from == "d" && to == "e"),
             "{:?}",
@@ -544,6 +572,7 @@ mod tests {
             root,
             &index,
             &Scope::Paths(["e".to_string()].into()),
+            &Filter::load(root, None),
             DEFAULT_TEXT_LIMIT_BYTES,
             &mut new_id,
         );

@@ -12,8 +12,9 @@ use anyhow::{Context, Result};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::filter::{LOCAL_IGNORE, is_ignored_path};
 use crate::replica::Event;
-use crate::scan::{Scope, is_ignored_path};
+use crate::scan::Scope;
 
 /// Watches `root` recursively until the returned watcher is dropped.
 pub fn start(root: &Path, inbox: mpsc::Sender<Event>) -> Result<RecommendedWatcher> {
@@ -51,5 +52,6 @@ fn relative(base: &Path, path: &Path) -> Option<String> {
         }
     }
     let rel = parts.join("/");
-    (!rel.is_empty() && !is_ignored_path(&rel)).then_some(rel)
+    // The local ignore file lives in the state directory but changes what is synced.
+    (!rel.is_empty() && (rel == LOCAL_IGNORE || !is_ignored_path(&rel))).then_some(rel)
 }
