@@ -26,14 +26,46 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use teatime_crdt::path::TEMP_PREFIX;
+use teatime_crdt::path::{STATE_DIR, TEMP_PREFIX};
 use teatime_crdt::{DocId, EntryKind, Tree};
 
 use crate::filter::Filter;
 use crate::scan::{disk_entry, is_within, move_in_index, parent_of, stat_of};
 use crate::store::{Index, IndexEntry, Stat};
+
+/// A file's content as the folder has it.
+pub struct Content {
+    /// The bytes.
+    pub body: Body,
+    /// The executable bit, where the folder syncs it (`None`: leave permissions alone).
+    pub exec: Option<bool>,
+}
+
+/// Where a file's bytes come from.
+pub enum Body {
+    /// A text document's text, at these heads.
+    Text {
+        /// The text.
+        text: String,
+        /// The document's heads.
+        heads: Vec<[u8; 32]>,
+    },
+    /// Binary content.
+    Blob {
+        /// Its BLAKE3.
+        hash: [u8; 32],
+        /// A verified copy, if it has arrived.
+        source: Option<PathBuf>,
+        /// Concurrent versions that lost the race: a file holding one of them is kept
+        /// aside, not overwritten.
+        losers: Vec<[u8; 32]>,
+    },
+}
+
+/// Where the losing versions of binary races are kept, inside the state directory.
+pub const VERSIONS_DIR: &str = "versions";
 
 /// What a materialisation did and could not do.
 #[derive(Debug, Default)]
@@ -46,18 +78,20 @@ pub struct Materialized {
     /// Failures, by path and entry (the rest of the folder still proceeds; the caller
     /// retries these later).
     pub errors: Vec<(String, DocId, io::Error)>,
+    /// Files that held a losing binary version, and where that version was kept.
+    pub kept_versions: Vec<(String, PathBuf)>,
 }
 
-/// Makes disk match `tree`. `text_of` renders a file's content and the heads it is at
-/// (`None`: not arrived yet);
-/// files are rewritten only when new at their path or when their document is in `changed`.
+/// Makes disk match `tree`. `content_of` says what a file holds (`None`: its document
+/// has not arrived yet); files are rewritten only when new at their path or when they
+/// are in `changed`.
 pub fn materialize(
     root: &Path,
     tree: &Tree,
     filter: &Filter,
     index: &mut Index,
     changed: &HashSet<DocId>,
-    text_of: &mut dyn FnMut(DocId) -> Option<(String, Vec<[u8; 32]>)>,
+    content_of: &mut dyn FnMut(DocId) -> Option<Content>,
 ) -> Materialized {
     let mut m = Materialized::default();
 
@@ -81,7 +115,7 @@ pub fn materialize(
         // Another entry with the same content now owns this path (the same file created
         // on two peers): the bytes on disk are already right, only the owner changes.
         if let Some(&(other, EntryKind::File)) = tree.by_path.get(path)
-            && let Some((text, heads)) = text_of(other)
+            && let Some(Content { body: Body::Text { text, heads }, .. }) = content_of(other)
             && *blake3::hash(text.as_bytes()).as_bytes() == e.hash
         {
             index.insert(path.clone(), IndexEntry { id: other, heads, ..e.clone() });
@@ -142,10 +176,8 @@ pub fn materialize(
             EntryKind::File => {
                 let fresh = index.get(path).is_none_or(|e| e.id != id);
                 if fresh || changed.contains(&id) {
-                    match text_of(id) {
-                        Some((text, heads)) => {
-                            write_file(root, index, &mut m, path, id, text.as_bytes(), heads)
-                        }
+                    match content_of(id) {
+                        Some(content) => write_file(root, index, &mut m, path, id, content),
                         None => Ok(()),
                     }
                 } else {
@@ -247,15 +279,37 @@ fn write_file(
     m: &mut Materialized,
     path: &str,
     id: DocId,
-    bytes: &[u8],
-    heads: Vec<[u8; 32]>,
+    content: Content,
 ) -> io::Result<()> {
-    let hash = *blake3::hash(bytes).as_bytes();
+    let (hash, source, heads, binary, losers) = match &content.body {
+        Body::Text { text, heads } => (
+            *blake3::hash(text.as_bytes()).as_bytes(),
+            Source::Bytes(text.as_bytes()),
+            heads.clone(),
+            false,
+            &[][..],
+        ),
+        Body::Blob { hash, source, losers } => {
+            let source = match source {
+                Some(p) => Source::File(p),
+                None if *hash == *blake3::hash(b"").as_bytes() => Source::Bytes(b""),
+                None => return Ok(()), // not here yet: written once it has arrived
+            };
+            (*hash, source, vec![], true, &losers[..])
+        }
+    };
     let recorded = index.get(path).filter(|e| e.id == id).cloned();
     if let Some(e) = recorded.as_ref().filter(|e| e.hash == hash) {
-        // Same bytes (e.g. a merge that only touched another file): only the base moves.
-        if e.heads != heads {
-            index.insert(path.to_string(), IndexEntry { heads, ..e.clone() });
+        // Same bytes (e.g. a merge that only touched another file): only the base moves,
+        // and perhaps the executable bit.
+        let mut e = IndexEntry { heads, binary, ..e.clone() };
+        if let Some(exec) = content.exec
+            && e.stat.is_exec() != exec
+        {
+            e.stat = set_exec(&root.join(path), &e.stat, exec)?;
+        }
+        if index.get(path) != Some(&e) {
+            index.insert(path.to_string(), e);
             m.touched.insert(path.to_string());
         }
         return Ok(());
@@ -276,17 +330,57 @@ fn write_file(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
+    let mode = match content.exec {
+        Some(true) => Some(mode.unwrap_or(0o644) | (mode.unwrap_or(0o644) & 0o444) >> 2),
+        Some(false) => Some(mode.unwrap_or(0o644) & !0o111),
+        None => mode,
+    };
     let expected = recorded.as_ref().map(|e| e.stat);
-    match write_atomic(&full, bytes, mode, expected)? {
+    // The file holds a version that lost a concurrent binary write: keep it aside.
+    let keep = recorded.as_ref().filter(|e| losers.contains(&e.hash)).map(|e| {
+        let name = crate::scan::name_of(path);
+        root.join(STATE_DIR).join(VERSIONS_DIR).join(format!("{name}.{}", &crate::blob::hex(&e.hash)[..12]))
+    });
+    match write_atomic(&full, source, mode, expected, keep.as_deref())? {
         Some(stat) => {
-            index.insert(path.to_string(), IndexEntry::file(id, stat, hash, heads));
+            let entry = if binary {
+                IndexEntry::binary(id, stat, hash)
+            } else {
+                IndexEntry::file(id, stat, hash, heads)
+            };
+            index.insert(path.to_string(), entry);
             m.touched.insert(path.to_string());
+            if let Some(kept) = keep {
+                m.kept_versions.push((path.to_string(), kept));
+            }
         }
         None => {
             m.local_first.insert(path.to_string());
         }
     }
     Ok(())
+}
+
+/// Changes only the executable bits of a file teatime recorded as `recorded` (if it is
+/// still that file).
+fn set_exec(full: &Path, recorded: &Stat, exec: bool) -> io::Result<Stat> {
+    let meta = fs::symlink_metadata(full)?;
+    if disk_entry(&meta).is_none_or(|d| d.stat != *recorded) {
+        return Ok(*recorded); // changed meanwhile: the next scan records it first
+    }
+    let mode = meta.permissions().mode();
+    let mode = if exec { mode | (mode & 0o444) >> 2 } else { mode & !0o111 };
+    fs::set_permissions(full, fs::Permissions::from_mode(mode & 0o7777))?;
+    Ok(stat_of(&fs::symlink_metadata(full)?))
+}
+
+/// What a write puts in the file.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// A copy of this file (streamed: it may be larger than memory).
+    File(&'a Path),
 }
 
 /// Steps 2 to 5 of the module doc. `expected` is what the target must still be
@@ -296,9 +390,10 @@ fn write_file(
 /// local edit first". Returns the new file's [`Stat`].
 pub fn write_atomic(
     target: &Path,
-    bytes: &[u8],
+    source: Source<'_>,
     mode: Option<u32>,
     expected: Option<Stat>,
+    keep_old: Option<&Path>,
 ) -> io::Result<Option<Stat>> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     let dir = target.parent().ok_or_else(|| io::Error::other("target has no parent"))?;
@@ -310,7 +405,12 @@ pub fn write_atomic(
             .custom_flags(libc::O_NOFOLLOW)
             .mode(mode.unwrap_or(0o644) & 0o777)
             .open(&tmp)?;
-        f.write_all(bytes)?;
+        match source {
+            Source::Bytes(bytes) => f.write_all(bytes)?,
+            Source::File(from) => {
+                io::copy(&mut fs::File::open(from)?, &mut f)?;
+            }
+        }
         if let Some(mode) = mode {
             f.set_permissions(fs::Permissions::from_mode(mode & 0o777))?;
         }
@@ -345,8 +445,20 @@ pub fn write_atomic(
             Err(e) => Err(io::Error::from(e)),
         },
     };
-    let _ = fs::remove_file(&tmp);
-    if !outcome? {
+    let outcome = outcome?;
+    // `tmp` holds what the target held before: kept if asked, else removed.
+    match keep_old.filter(|_| outcome && expected.is_some()) {
+        Some(keep) => {
+            if let Some(dir) = keep.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            fs::rename(&tmp, keep)?;
+        }
+        None => {
+            let _ = fs::remove_file(&tmp);
+        }
+    }
+    if !outcome {
         return Ok(None);
     }
     fsync_dir(dir);

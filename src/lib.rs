@@ -7,6 +7,7 @@
 //! [`cli`] is the command line.
 
 pub mod apply;
+pub mod blob;
 pub mod cli;
 pub mod control;
 pub mod filter;

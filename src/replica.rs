@@ -18,8 +18,9 @@
 //! QUIC delivers in order. One message per change, no round trips.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -28,19 +29,21 @@ use iroh::endpoint::Connection;
 use iroh::{EndpointAddr, EndpointId};
 use serde_json::json;
 use teatime_crdt::{
-    Conflict, DocId, EntryKind, FileDoc, FileFacts, FolderDoc, FolderView, Stamp, Strategy, Tree, render,
+    BlobRef, Conflict, DocId, Entry, EntryKind, FileDoc, FileFacts, FolderDoc, FolderView, Stamp, Strategy,
+    Tree, render,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::apply::{self, materialize};
+use crate::apply::{self, Body, Content, materialize};
+use crate::blob::{self, Fetches, Hash, Hashed, Next};
 use crate::control::{Request, Response};
 use crate::filter::Filter;
 use crate::local;
 use crate::net::wire::{Frame, Heads};
 use crate::scan::{self, LocalOp, Scope, move_in_index, name_of, ns_to_ms, parent_of};
-use crate::store::{Batch, Index, IndexEntry, Store};
+use crate::store::{Batch, Index, IndexEntry, Stat as Stat_, Store};
 
 /// Events queued for the replica before senders wait.
 pub const INBOX_CAPACITY: usize = 1024;
@@ -56,6 +59,12 @@ const OUTBOX_RESERVE: usize = 64;
 const BACKLOG_POLL: Duration = Duration::from_millis(2);
 /// Delay before retrying a remote change that could not be written.
 const RETRY_DELAY: Duration = Duration::from_millis(300);
+/// Folder setting: whether executable bits are synced (`on`/`off`).
+pub const SYNC_EXEC_BIT: &str = "sync-exec-bit";
+/// Folder setting: files larger than this many bytes are binary.
+pub const TEXT_LIMIT: &str = "text-limit";
+/// How often transfers of binary content are checked for stalls.
+const FETCH_POLL: Duration = Duration::from_secs(5);
 /// How many events are handled before a flush, so a flood of frames is batched.
 const MAX_EVENTS_PER_FLUSH: usize = 256;
 /// Rounds of "write remote change, find a local edit, ingest it" before giving up for now.
@@ -142,7 +151,11 @@ pub struct Replica {
     saved: HashMap<DocId, Vec<ChangeHash>>,
     peers: HashMap<EndpointId, Link>,
     dial: mpsc::Sender<EndpointAddr>,
-    text_limit: u64,
+    /// Binary content being received.
+    fetches: Fetches,
+    /// Group chaining values of binary content this node hashed or received, by hash
+    /// (what a peer needs to verify what it is sent).
+    outboards: HashMap<Hash, Arc<Hashed>>,
     /// What is synced on this peer (ignore rules, whitelist).
     filter: Filter,
     // Work accumulated since the last flush.
@@ -167,16 +180,18 @@ pub struct Replica {
 struct TreeCache {
     heads: Option<Vec<ChangeHash>>,
     tree: Tree,
+    /// The entries the tree was rendered from.
+    entries: BTreeMap<DocId, Entry>,
 }
 
 impl TreeCache {
     fn get(&mut self, folder: &mut FolderDoc, files: &mut HashMap<DocId, FileDoc>) -> &Tree {
         let heads = folder.doc_mut().get_heads();
         if self.heads.as_ref() != Some(&heads) {
-            let entries = folder.entries();
+            self.entries = folder.entries();
             let members = folder.members();
-            let view = FolderView { entries: &entries, strategy: folder.strategy(), members: &members };
-            self.tree = render(&view, &Facts(RefCell::new(files)));
+            let view = FolderView { entries: &self.entries, strategy: folder.strategy(), members: &members };
+            self.tree = render(&view, &Facts { files: RefCell::new(files), entries: &self.entries });
             self.heads = Some(heads);
         }
         &self.tree
@@ -190,16 +205,26 @@ impl TreeCache {
     }
 }
 
-/// What rendering needs to know about file documents, read from the replica's documents.
-struct Facts<'a>(RefCell<&'a mut HashMap<DocId, FileDoc>>);
+/// What rendering needs to know about file contents: text documents, or for binary
+/// files the version in effect.
+struct Facts<'a> {
+    files: RefCell<&'a mut HashMap<DocId, FileDoc>>,
+    entries: &'a BTreeMap<DocId, Entry>,
+}
 
 impl FileFacts for Facts<'_> {
     fn edited_since(&self, id: DocId, seen: &[ChangeHash]) -> bool {
-        self.0.borrow_mut().get_mut(&id).is_some_and(|f| f.edited_since(seen))
+        if let Some(blob) = self.entries.get(&id).and_then(|e| e.blob()) {
+            return !seen.contains(&blob.as_head());
+        }
+        self.files.borrow_mut().get_mut(&id).is_some_and(|f| f.edited_since(seen))
     }
 
     fn content(&self, id: DocId) -> Option<[u8; 32]> {
-        let text = self.0.borrow().get(&id)?.text()?;
+        if let Some(blob) = self.entries.get(&id).and_then(|e| e.blob()) {
+            return Some(blob.hash);
+        }
+        let text = self.files.borrow().get(&id)?.text()?;
         Some(*blake3::hash(text.as_bytes()).as_bytes())
     }
 }
@@ -252,7 +277,9 @@ impl Replica {
         let folder =
             folder.unwrap_or_else(|| FolderDoc::from_doc(AutoCommit::new().with_actor(id.actor.clone())));
         let filter = Filter::load(&root, local::tracked(&store)?);
+        let fetches = Fetches::new(&root);
         Ok(Replica {
+            fetches,
             filter,
             root,
             store,
@@ -265,7 +292,7 @@ impl Replica {
             saved,
             peers: HashMap::new(),
             dial,
-            text_limit: scan::DEFAULT_TEXT_LIMIT_BYTES,
+            outboards: HashMap::new(),
             dirty: BTreeSet::new(),
             remote_changed: HashSet::new(),
             index_touched: BTreeSet::new(),
@@ -310,6 +337,10 @@ impl Replica {
             let mut wake = scan_at.map(tokio::time::Instant::from_std);
             if let Some(at) = self.retry_at {
                 let at = tokio::time::Instant::from_std(at);
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+            if !self.fetches.is_empty() {
+                let at = tokio::time::Instant::now() + FETCH_POLL;
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
             if self.has_backlog() {
@@ -394,6 +425,7 @@ impl Replica {
             Event::PeerDown { peer, conn_id } => {
                 if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.peers.remove(&peer);
+                    self.fetches.peer_gone(peer);
                 }
             }
             Event::Frame { peer, conn_id, frame } => {
@@ -465,6 +497,8 @@ impl Replica {
         let err = |e: anyhow::Error| format!("{e:#}");
         Ok(match key {
             "conflict-strategy" => self.folder.strategy().as_str().to_string(),
+            SYNC_EXEC_BIT => if self.exec_synced() { "on" } else { "off" }.to_string(),
+            TEXT_LIMIT => self.text_limit().to_string(),
             "tracking" => local::tracking(&self.store).map_err(err)?.as_str().to_string(),
             _ => return Err(unknown_setting(key)),
         })
@@ -481,6 +515,19 @@ impl Replica {
                     )
                 })?;
                 self.folder.set_strategy(s).map_err(|e| e.to_string())?;
+                Ok(true)
+            }
+            SYNC_EXEC_BIT => {
+                if !matches!(value, "on" | "off") {
+                    return Err(format!("{SYNC_EXEC_BIT} is on or off, not {value:?}"));
+                }
+                self.folder.set_setting(SYNC_EXEC_BIT, value).map_err(|e| e.to_string())?;
+                Ok(true)
+            }
+            TEXT_LIMIT => {
+                let bytes: u64 =
+                    value.parse().map_err(|_| format!("{TEXT_LIMIT} is a number of bytes, not {value:?}"))?;
+                self.folder.set_setting(TEXT_LIMIT, &bytes.to_string()).map_err(|e| e.to_string())?;
                 Ok(true)
             }
             "tracking" => {
@@ -566,7 +613,7 @@ impl Replica {
             Conflict::RenameDelete { entry, .. } => match keep {
                 "keep" => self.folder.undelete(*entry).map_err(err)?,
                 "delete" => {
-                    let seen = self.files.get_mut(entry).map(|f| f.heads()).unwrap_or_default();
+                    let seen = self.seen_content(*entry);
                     self.folder.delete_entry(*entry, &stamp, seen).map_err(err)?;
                 }
                 _ => return Err(format!("keep \"keep\" or \"delete\" for conflict {id}")),
@@ -737,6 +784,16 @@ impl Replica {
                     }
                 }
             }
+            Frame::BlobGet { hash, from, count, meta } => self.serve_blob(peer, hash, from, count, meta),
+            Frame::BlobMeta { hash, size, cvs } => {
+                let next = self.fetches.meta(peer, hash, size, cvs);
+                self.blob_next(peer, next);
+            }
+            Frame::BlobData { hash, group, data } => {
+                let next = self.fetches.data(peer, hash, group, &data);
+                self.blob_next(peer, next);
+            }
+            Frame::BlobNone { hash } => self.fetches.refused(peer, hash),
             other => debug!(peer = %peer.fmt_short(), "ignoring unexpected frame {other:?}"),
         }
     }
@@ -857,7 +914,8 @@ impl Replica {
 
     fn scan(&mut self, scope: Scope) {
         let mut new_id = || DocId(rand::random());
-        let r = scan::reconcile(&self.root, &self.index, &scope, &self.filter, self.text_limit, &mut new_id);
+        let text_limit = self.text_limit();
+        let r = scan::reconcile(&self.root, &self.index, &scope, &self.filter, text_limit, &mut new_id);
         for s in r.skipped {
             if self.reported.insert(format!("{}\0{}", s.path, s.reason)) {
                 info!(path = %s.path, "not synced: {}", s.reason);
@@ -923,6 +981,38 @@ impl Replica {
                 let heads = hashes(&self.files.get_mut(&id).expect("checked in the guard").heads());
                 self.set_index(path, IndexEntry::file(id, stat, hash, heads));
             }
+            LocalOp::CreateBinary { ref path, ref blob, stat, .. }
+                if self.shown_at(tree, path, EntryKind::File).is_some_and(|id| {
+                    self.folder.entry(id).and_then(|e| e.blob().map(|b| b.hash)) == Some(blob.hash)
+                }) =>
+            {
+                let id = self.shown_at(tree, path, EntryKind::File).expect("checked in the guard");
+                let entry = IndexEntry::binary(id, stat, blob.hash);
+                self.set_index(path.clone(), entry);
+            }
+            LocalOp::CreateBinary { id, path, stat, blob } => {
+                let stamp = self.stamp_at(ns_to_ms(stat.mtime_ns));
+                let parent = self.parent_id(&path);
+                self.folder.create_entry(id, parent, name_of(&path), EntryKind::File, &stamp)?;
+                self.folder.set_blob(id, &BlobRef { hash: blob.hash, size: blob.size, stamp })?;
+                self.record_exec(id, None, stat)?;
+                self.dirty.insert(self.id.folder);
+                self.set_index(path, IndexEntry::binary(id, stat, blob.hash));
+                self.outboards.insert(blob.hash, Arc::new(blob));
+            }
+            LocalOp::EditBinary { id, path, stat, blob } => {
+                let stamp = self.stamp_at(ns_to_ms(stat.mtime_ns));
+                let old = self.index.get(&path).map(|e| e.stat);
+                self.folder.set_blob(id, &BlobRef { hash: blob.hash, size: blob.size, stamp })?;
+                self.record_exec(id, old, stat)?;
+                // An edit beats a concurrent delete: the file comes back.
+                if self.folder.entry(id).is_some_and(|e| !e.deletions.is_empty()) {
+                    self.folder.undelete(id)?;
+                }
+                self.dirty.insert(self.id.folder);
+                self.set_index(path, IndexEntry::binary(id, stat, blob.hash));
+                self.outboards.insert(blob.hash, Arc::new(blob));
+            }
             LocalOp::Edit { id, path, stat, hash, ref content }
                 if self.files.get(&id).and_then(|f| f.text()).as_deref() == Some(content.as_str()) =>
             {
@@ -956,6 +1046,7 @@ impl Replica {
                     EntryKind::File,
                     &self.stamp_at(ns_to_ms(stat.mtime_ns)),
                 )?;
+                self.record_exec(id, None, stat)?;
                 self.dirty.extend([id, self.id.folder]);
                 let entry = IndexEntry::file(id, stat, hash, heads);
                 self.set_index(path, entry);
@@ -980,6 +1071,8 @@ impl Replica {
                     .get(&path)
                     .map(|e| e.heads.iter().map(|h| ChangeHash(*h)).collect())
                     .unwrap_or_default();
+                let old = self.index.get(&path).map(|e| e.stat);
+                self.record_exec(id, old, stat)?;
                 let file = self.files.get_mut(&id).context("edited file has no document")?;
                 let merged_with_remote = base != file.heads();
                 if file.ingest_from(&content, &base, Instant::now() + INGEST_BUDGET)? {
@@ -1000,12 +1093,13 @@ impl Replica {
             }
             LocalOp::Touch { path, stat } => {
                 if let Some(e) = self.index.get(&path).cloned() {
-                    self.set_index(path, IndexEntry::file(e.id, stat, e.hash, e.heads));
+                    self.record_exec(e.id, Some(e.stat), stat)?;
+                    self.set_index(path, IndexEntry { stat, racy: stat.is_recent(), ..e });
                 }
             }
             LocalOp::Delete { id, path, at_ms } => {
                 // The deletion names the version it saw: an edit it had not seen beats it.
-                let seen = self.files.get_mut(&id).map(|f| f.heads()).unwrap_or_default();
+                let seen = self.seen_content(id);
                 self.folder.delete_entry(id, &self.stamp_at(at_ms), seen)?;
                 self.dirty.insert(self.id.folder);
                 self.index.remove(&path);
@@ -1013,6 +1107,35 @@ impl Replica {
             }
         }
         Ok(())
+    }
+
+    /// Records a change of the executable bit, where the folder syncs it. `old`: what
+    /// the index had (`None` for a new file: only a set bit is news).
+    fn record_exec(&mut self, id: DocId, old: Option<Stat_>, new: Stat_) -> Result<()> {
+        if !self.exec_synced() || old.map_or(!new.is_exec(), |o| o.is_exec() == new.is_exec()) {
+            return Ok(());
+        }
+        self.folder.set_exec(id, new.is_exec())?;
+        self.dirty.insert(self.id.folder);
+        Ok(())
+    }
+
+    fn exec_synced(&self) -> bool {
+        self.folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on")
+    }
+
+    fn text_limit(&self) -> u64 {
+        self.folder.setting(TEXT_LIMIT).and_then(|v| v.parse().ok()).unwrap_or(scan::DEFAULT_TEXT_LIMIT_BYTES)
+    }
+
+    /// What a deletion of `id` names as the content it saw: its document's heads, or
+    /// for a binary file the versions in its register.
+    fn seen_content(&mut self, id: DocId) -> Vec<ChangeHash> {
+        let mut seen = self.files.get_mut(&id).map(|f| f.heads()).unwrap_or_default();
+        if let Some(e) = self.folder.entry(id) {
+            seen.extend(e.blobs.iter().map(|b| b.as_head()));
+        }
+        seen
     }
 
     fn set_index(&mut self, path: String, entry: IndexEntry) {
@@ -1039,18 +1162,44 @@ impl Replica {
                 self.scan_pending();
                 self.persist_docs(&mut to_send);
             }
-            let changed = std::mem::take(&mut self.remote_changed);
+            let mut changed = std::mem::take(&mut self.remote_changed);
             if self.record_duplicates() {
                 self.persist_docs(&mut to_send);
             }
-            let tree = self.tree.get(&mut self.folder, &mut self.files);
+            changed.extend(self.stale_binaries());
+            let exec_synced = self.exec_synced();
+            self.tree.get(&mut self.folder, &mut self.files);
+            let entries = &self.tree.entries;
             let files = &mut self.files;
-            let mut text_of = |id: DocId| {
-                let f = files.get_mut(&id)?;
-                Some((f.text()?, hashes(&f.heads())))
+            let blobs = self.fetches.dir();
+            let mut content_of = |id: DocId| {
+                let entry = entries.get(&id)?;
+                let exec = exec_synced.then_some(entry.exec);
+                let body = match entry.blob() {
+                    Some(b) => Body::Blob {
+                        hash: b.hash,
+                        source: blobs.has(&b.hash).then(|| blobs.complete(&b.hash)),
+                        losers: entry.blobs.iter().filter(|o| o.hash != b.hash).map(|o| o.hash).collect(),
+                    },
+                    None => {
+                        let f = files.get_mut(&id)?;
+                        Body::Text { text: f.text()?, heads: hashes(&f.heads()) }
+                    }
+                };
+                Some(Content { body, exec })
             };
-            let m = materialize(&self.root, tree, &self.filter, &mut self.index, &changed, &mut text_of);
+            let m = materialize(
+                &self.root,
+                &self.tree.tree,
+                &self.filter,
+                &mut self.index,
+                &changed,
+                &mut content_of,
+            );
             let rules_changed = m.touched.iter().any(|p| Filter::is_rule_file(p));
+            for (path, kept) in &m.kept_versions {
+                info!(%path, kept = %kept.display(), "a concurrent binary version lost; it is kept");
+            }
             self.index_touched.extend(m.touched);
             if rules_changed {
                 self.reload_filter();
@@ -1075,11 +1224,113 @@ impl Replica {
         }
         self.persist_index();
         self.drain_backlogs();
+        let connected: Vec<EndpointId> = self.peers.keys().copied().collect();
+        for (peer, frame) in self.fetches.assign(&connected) {
+            self.send(peer, frame);
+        }
         let peers: Vec<EndpointId> = self.peers.keys().copied().collect();
         for doc in to_send {
             for peer in &peers {
                 self.push(*peer, doc);
             }
+        }
+    }
+
+    /// Binary files (and executable bits) the disk does not show as the folder has them:
+    /// they are (re)written by the next materialisation, and content not here yet is
+    /// fetched. Received content no longer needed is dropped.
+    fn stale_binaries(&mut self) -> HashSet<DocId> {
+        let exec_synced = self.exec_synced();
+        self.tree.get(&mut self.folder, &mut self.files);
+        let on_disk: HashMap<DocId, &IndexEntry> = self.index.values().map(|e| (e.id, e)).collect();
+        let mut stale = HashSet::new();
+        let mut wanted: HashMap<Hash, u64> = HashMap::new();
+        for (path, &(id, kind)) in &self.tree.tree.by_path {
+            if kind != EntryKind::File || self.filter.excludes(path, false) {
+                continue;
+            }
+            let Some(entry) = self.tree.entries.get(&id) else { continue };
+            let disk = on_disk.get(&id);
+            if exec_synced && disk.is_some_and(|d| d.stat.is_exec() != entry.exec) {
+                stale.insert(id);
+            }
+            let Some(b) = entry.blob() else { continue };
+            if disk.is_none_or(|d| d.hash != b.hash) {
+                stale.insert(id);
+                if b.size > 0 {
+                    wanted.insert(b.hash, b.size);
+                }
+            }
+        }
+        let needed: HashSet<Hash> = wanted.keys().copied().collect();
+        for held in self.fetches.dir().held() {
+            if !needed.contains(&held) {
+                self.fetches.dir().remove(&held);
+            }
+        }
+        self.fetches.retain(&needed);
+        for (hash, size) in wanted {
+            self.fetches.want(hash, size);
+        }
+        stale
+    }
+
+    /// Answers a peer's request for binary content: from a received copy, or from a
+    /// file in the folder that still holds it (checked group by group as it is read).
+    fn serve_blob(&mut self, peer: EndpointId, hash: Hash, from: u64, count: u32, meta: bool) {
+        let none = Frame::BlobNone { hash };
+        let complete = self.fetches.dir().complete(&hash);
+        let source = if complete.is_file() {
+            Some(complete)
+        } else {
+            self.index
+                .iter()
+                .filter(|(_, e)| e.binary && e.hash == hash)
+                .map(|(p, e)| (self.root.join(p), e.stat))
+                .find(|(full, stat)| {
+                    std::fs::symlink_metadata(full).is_ok_and(|m| scan::stat_of(&m) == *stat)
+                })
+                .map(|(full, _)| full)
+        };
+        let Some(source) = source else { return self.send(peer, none) };
+        let hashed = match self.outboards.get(&hash) {
+            Some(h) => h.clone(),
+            None => match std::fs::File::open(&source).and_then(blob::hash_reader) {
+                Ok(h) if h.hash == hash => {
+                    let h = Arc::new(h);
+                    self.outboards.insert(hash, h.clone());
+                    h
+                }
+                _ => return self.send(peer, none),
+            },
+        };
+        if meta {
+            self.send(peer, Frame::BlobMeta { hash, size: hashed.size, cvs: hashed.cvs.clone() });
+        }
+        let end = (from + u64::from(count)).min(blob::groups(hashed.size));
+        for group in from..end {
+            match blob::read_group(&source, &hashed.cvs, hashed.size, group) {
+                Ok(Some(data)) => self.send(peer, Frame::BlobData { hash, group, data }),
+                _ => {
+                    // The file changed since it was hashed: its new content is published
+                    // by the scan; this version is no longer here.
+                    self.outboards.remove(&hash);
+                    return self.send(peer, none);
+                }
+            }
+        }
+    }
+
+    fn blob_next(&mut self, peer: EndpointId, next: std::io::Result<Next>) {
+        match next {
+            Ok(Next::Wait) => {}
+            Ok(Next::Ask(to, frame)) => self.send(to, frame),
+            Ok(Next::Complete(hash)) => {
+                debug!(hash = %blob::hex(&hash), "binary content received");
+                // Written by the next materialisation.
+                self.remote_changed.insert(self.id.folder);
+            }
+            Err(e) => warn!(peer = %peer.fmt_short(), "binary transfer: {e}"),
         }
     }
 
@@ -1090,7 +1341,7 @@ impl Replica {
         let dups = self.tree.get(&mut self.folder, &mut self.files).duplicates.clone();
         let mut wrote = false;
         for dup in dups {
-            let seen = self.files.get_mut(&dup).map(|f| f.heads()).unwrap_or_default();
+            let seen = self.seen_content(dup);
             if self.folder.delete_entry(dup, &self.stamp(), seen).is_ok() {
                 wrote = true;
             }

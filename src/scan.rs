@@ -17,6 +17,7 @@ use std::path::Path;
 
 use teatime_crdt::{DocId, EntryKind};
 
+use crate::blob::{Hashed, hash_reader};
 use crate::filter::Filter;
 use crate::store::{Index, IndexEntry, Stat};
 
@@ -107,6 +108,7 @@ pub fn stat_of(meta: &fs::Metadata) -> Stat {
         size: meta.size(),
         mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
         ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        mode: meta.mode() & 0o7777,
     }
 }
 
@@ -216,6 +218,10 @@ pub enum LocalOp {
     Move { id: DocId, from: String, to: String, at_ms: u64 },
     /// A file's content changed.
     Edit { id: DocId, path: String, content: String, stat: Stat, hash: [u8; 32] },
+    /// A new binary file.
+    CreateBinary { id: DocId, path: String, stat: Stat, blob: Hashed },
+    /// A binary file's content changed, or a text file's content stopped being text.
+    EditBinary { id: DocId, path: String, stat: Stat, blob: Hashed },
     /// Metadata changed, content did not: only the index learns it.
     Touch { path: String, stat: Stat },
     /// An entry vanished, at `at_ms` (its directory's mtime, the best trace a deletion
@@ -258,12 +264,67 @@ fn is_settling(old_size: u64, now: &Stat) -> bool {
     (0..settle.as_nanos() as i128).contains(&age_ns)
 }
 
-/// Content read from a file, if it is text.
+/// Content read from a file.
 enum Read_ {
     Text { content: String, stat: Stat, hash: [u8; 32] },
-    NotText(&'static str),
+    Binary { blob: Hashed, stat: Stat },
+    NotText,
     Unstable,
     Gone,
+}
+
+impl Read_ {
+    fn hash(&self) -> Option<[u8; 32]> {
+        match self {
+            Read_::Text { hash, .. } => Some(*hash),
+            Read_::Binary { blob, .. } => Some(blob.hash),
+            _ => None,
+        }
+    }
+
+    fn stat(&self) -> Option<Stat> {
+        match self {
+            Read_::Text { stat, .. } | Read_::Binary { stat, .. } => Some(*stat),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a file as text if it is text (and `binary` is false), else hashes it as binary
+/// content.
+fn read_content(root: &Path, rel: &str, text_limit: u64, binary: bool) -> Read_ {
+    if !binary {
+        match read_text(root, rel, text_limit) {
+            Read_::NotText => {}
+            other => return other,
+        }
+    }
+    read_binary(root, rel)
+}
+
+/// Hashes a binary file (streamed: it may be larger than memory), checking that it did
+/// not change meanwhile: a file being written is not published half-written.
+fn read_binary(root: &Path, rel: &str) -> Read_ {
+    let path = root.join(rel);
+    let Ok(f) = fs::File::open(&path) else {
+        return Read_::Gone;
+    };
+    let Ok(before) = f.metadata() else {
+        return Read_::Gone;
+    };
+    if !before.is_file() {
+        return Read_::Gone;
+    }
+    let Ok(blob) = hash_reader(f) else {
+        return Read_::Unstable;
+    };
+    let Ok(after) = fs::symlink_metadata(&path) else {
+        return Read_::Gone;
+    };
+    if stat_of(&before) != stat_of(&after) || blob.size != after.len() {
+        return Read_::Unstable;
+    }
+    Read_::Binary { blob, stat: stat_of(&after) }
 }
 
 /// Reads a file whole if it is a text file, checking that it did not change meanwhile
@@ -280,7 +341,7 @@ fn read_text(root: &Path, rel: &str, text_limit: u64) -> Read_ {
         return Read_::Gone;
     }
     if before.len() > text_limit {
-        return Read_::NotText("larger than the text size limit");
+        return Read_::NotText;
     }
     let mut bytes = Vec::with_capacity(before.len() as usize);
     if f.by_ref().take(text_limit + 1).read_to_end(&mut bytes).is_err() {
@@ -293,12 +354,12 @@ fn read_text(root: &Path, rel: &str, text_limit: u64) -> Read_ {
         return Read_::Unstable;
     }
     if bytes.contains(&0) {
-        return Read_::NotText("binary (contains NUL bytes)");
+        return Read_::NotText;
     }
     let hash = *blake3::hash(&bytes).as_bytes();
     match String::from_utf8(bytes) {
         Ok(content) => Read_::Text { content, stat: stat_of(&after), hash },
-        Err(_) => Read_::NotText("not valid UTF-8"),
+        Err(_) => Read_::NotText,
     }
 }
 
@@ -362,36 +423,50 @@ pub fn reconcile(
                 working.insert(path.clone(), IndexEntry::dir(id, d.stat));
                 out.ops.push(LocalOp::CreateDir { id, path: path.clone(), stat: d.stat });
             }
-            EntryKind::File => match read_text(root, path, text_limit) {
-                Read_::Text { content, stat, hash } => {
-                    if let Some(old) = gone_by_hash.get(&hash).cloned()
-                        && working.get(&old).is_some_and(|e| e.kind == EntryKind::File && e.hash == hash)
-                    {
-                        gone_by_hash.remove(&hash);
-                        let id = working[&old].id;
-                        move_in_index(&mut working, &old, path);
-                        if let Some(e) = working.get_mut(path) {
-                            e.stat = stat;
-                        }
-                        out.ops.push(LocalOp::Move {
-                            id,
-                            from: old,
-                            to: path.clone(),
-                            at_ms: ns_to_ms(stat.ctime_ns),
-                        });
-                        out.ops.push(LocalOp::Touch { path: path.clone(), stat });
-                        continue;
+            EntryKind::File => {
+                let read = read_content(root, path, text_limit, false);
+                let (Some(hash), Some(stat)) = (read.hash(), read.stat()) else {
+                    if matches!(read, Read_::Unstable) {
+                        out.unstable.push(path.clone());
                     }
-                    let id = new_id();
-                    // Just read: not racy within this pass.
-                    let entry = IndexEntry { racy: false, ..IndexEntry::file(id, stat, hash, vec![]) };
-                    working.insert(path.clone(), entry);
-                    out.ops.push(LocalOp::CreateFile { id, path: path.clone(), content, stat, hash });
+                    continue;
+                };
+                if let Some(old) = gone_by_hash.get(&hash).cloned()
+                    && working.get(&old).is_some_and(|e| e.kind == EntryKind::File && e.hash == hash)
+                {
+                    gone_by_hash.remove(&hash);
+                    let id = working[&old].id;
+                    move_in_index(&mut working, &old, path);
+                    if let Some(e) = working.get_mut(path) {
+                        e.stat = stat;
+                    }
+                    out.ops.push(LocalOp::Move {
+                        id,
+                        from: old,
+                        to: path.clone(),
+                        at_ms: ns_to_ms(stat.ctime_ns),
+                    });
+                    out.ops.push(LocalOp::Touch { path: path.clone(), stat });
+                    continue;
                 }
-                Read_::NotText(reason) => out.skipped.push(Skipped { path: path.clone(), reason }),
-                Read_::Unstable => out.unstable.push(path.clone()),
-                Read_::Gone => {}
-            },
+                let id = new_id();
+                // Just read: not racy within this pass.
+                let entry = IndexEntry {
+                    racy: false,
+                    binary: matches!(read, Read_::Binary { .. }),
+                    ..IndexEntry::file(id, stat, hash, vec![])
+                };
+                working.insert(path.clone(), entry);
+                out.ops.push(match read {
+                    Read_::Text { content, .. } => {
+                        LocalOp::CreateFile { id, path: path.clone(), content, stat, hash }
+                    }
+                    Read_::Binary { blob, .. } => {
+                        LocalOp::CreateBinary { id, path: path.clone(), stat, blob }
+                    }
+                    _ => unreachable!("hash() is Some only for content"),
+                });
+            }
         }
     }
 
@@ -403,27 +478,31 @@ pub fn reconcile(
         }
         let id = e.id;
         let old_hash = e.hash;
+        let binary = e.binary;
         if is_settling(e.stat.size, &d.stat) {
             out.unstable.push(path.clone());
             continue;
         }
-        match read_text(root, path, text_limit) {
-            Read_::Text { content, stat, hash } => {
-                if hash == old_hash {
-                    out.ops.push(LocalOp::Touch { path: path.clone(), stat });
-                } else {
-                    out.ops.push(LocalOp::Edit { id, path: path.clone(), content, stat, hash });
-                }
-                if let Some(e) = working.get_mut(path) {
-                    e.stat = stat;
-                    e.hash = hash;
-                }
+        let read = read_content(root, path, text_limit, binary);
+        let (Some(hash), Some(stat)) = (read.hash(), read.stat()) else {
+            if matches!(read, Read_::Unstable) {
+                out.unstable.push(path.clone());
             }
-            // A text file that became binary keeps its entry: never delete because of a
-            // classification change; it simply stops updating.
-            Read_::NotText(reason) => out.skipped.push(Skipped { path: path.clone(), reason }),
-            Read_::Unstable => out.unstable.push(path.clone()),
-            Read_::Gone => {}
+            continue;
+        };
+        if hash == old_hash {
+            out.ops.push(LocalOp::Touch { path: path.clone(), stat });
+        } else {
+            out.ops.push(match read {
+                Read_::Text { content, .. } => LocalOp::Edit { id, path: path.clone(), content, stat, hash },
+                // A text file that stopped being text turns binary: nothing is lost.
+                Read_::Binary { blob, .. } => LocalOp::EditBinary { id, path: path.clone(), stat, blob },
+                _ => unreachable!("hash() is Some only for content"),
+            });
+        }
+        if let Some(e) = working.get_mut(path) {
+            e.stat = stat;
+            e.hash = hash;
         }
     }
 
@@ -484,6 +563,10 @@ mod tests {
                 | LocalOp::Edit { id, path, stat, hash, .. } => {
                     index.insert(path.clone(), IndexEntry::file(*id, *stat, *hash, vec![]));
                 }
+                LocalOp::CreateBinary { id, path, stat, blob }
+                | LocalOp::EditBinary { id, path, stat, blob } => {
+                    index.insert(path.clone(), IndexEntry::binary(*id, *stat, blob.hash));
+                }
                 LocalOp::Move { from, to, .. } => move_in_index(index, from, to),
                 LocalOp::Touch { path, stat } => index.get_mut(path).unwrap().stat = *stat,
                 LocalOp::Delete { path, .. } => {
@@ -512,8 +595,8 @@ mod tests {
             DEFAULT_TEXT_LIMIT_BYTES,
             &mut new_id,
         );
-        assert_eq!(r.ops.len(), 4, "{:?}", r.ops);
-        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.ops.len(), 5, "{:?}", r.ops);
+        assert!(r.ops.iter().any(|op| matches!(op, LocalOp::CreateBinary { path, .. } if path == "bin")));
         apply(&mut index, &r.ops);
 
         // Nothing changed: nothing to do (files written this instant are "racy" and get

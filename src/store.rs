@@ -46,6 +46,15 @@ pub struct Stat {
     pub mtime_ns: i128,
     /// Status change time, ns since the epoch (catches same-size edits within one mtime tick).
     pub ctime_ns: i128,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+impl Stat {
+    /// Whether any executable bit is set.
+    pub fn is_exec(&self) -> bool {
+        self.mode & 0o111 != 0
+    }
 }
 
 /// What teatime last saw (or wrote) at a path.
@@ -66,6 +75,9 @@ pub struct IndexEntry {
     /// same-size write in the same timestamp tick would look unchanged, so the content is
     /// compared even when the metadata matches (git's "racily clean" entries).
     pub racy: bool,
+    /// The file is binary (content is a blob, `heads` is empty). Sticky: a binary file
+    /// stays binary even if it later holds text, so its kind never flips back and forth.
+    pub binary: bool,
 }
 
 /// File system timestamps are coarse (a kernel tick, a few ms): a write this close to
@@ -75,12 +87,25 @@ pub const RACY_WINDOW_NS: i128 = 50_000_000;
 impl IndexEntry {
     /// A file seen (or written) with this metadata, content hash and document heads.
     pub fn file(id: DocId, stat: Stat, hash: [u8; 32], heads: Vec<[u8; 32]>) -> Self {
-        IndexEntry { id, kind: EntryKind::File, stat, hash, heads, racy: stat.is_recent() }
+        IndexEntry { id, kind: EntryKind::File, stat, hash, heads, racy: stat.is_recent(), binary: false }
+    }
+
+    /// A binary file seen (or written) with this metadata and content hash.
+    pub fn binary(id: DocId, stat: Stat, hash: [u8; 32]) -> Self {
+        IndexEntry { binary: true, ..IndexEntry::file(id, stat, hash, vec![]) }
     }
 
     /// A directory.
     pub fn dir(id: DocId, stat: Stat) -> Self {
-        IndexEntry { id, kind: EntryKind::Dir, stat, hash: [0; 32], heads: vec![], racy: false }
+        IndexEntry {
+            id,
+            kind: EntryKind::Dir,
+            stat,
+            hash: [0; 32],
+            heads: vec![],
+            racy: false,
+            binary: false,
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //! entries:  { <entry id hex>: { kind: "file"|"dir",
 //!                               created: "<ms>|<by>",
 //!                               loc:     "<ms>|<by>|<parent id hex or ''>|<name>",
-//!                               del:     "" | "<ms>|<by>|<seen heads hex,...>|<seen locs>" } }
+//!                               del:     "" | "<ms>|<by>|<seen heads hex,...>|<seen locs>",
+//!                               blob:    "<ms>|<by>|<blake3 hex>|<size>"   (binary files only)
+//!                               exec:    "1" | "" } }
 //! members:  { <endpoint id>: { name, role, tier } }
 //! actors:   { <automerge actor hex>: <endpoint id> }
 //! settings: { conflict_strategy: "timestamp"|"priority"|"interactive" }
@@ -194,6 +196,47 @@ impl Deletion {
     }
 }
 
+/// The content of a binary file: a BLAKE3 hash and a size, written whole by one member
+/// (last writer wins; concurrent values stay in the register until a later write, so the
+/// losing version can be kept).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlobRef {
+    /// BLAKE3 of the content.
+    pub hash: [u8; 32],
+    /// Size in bytes.
+    pub size: u64,
+    /// Who wrote it, when.
+    pub stamp: Stamp,
+}
+
+impl BlobRef {
+    fn encode(&self) -> String {
+        let hex: String = self.hash.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}|{hex}|{}", self.stamp.encode(), self.size)
+    }
+
+    fn decode(raw: &str) -> Option<Self> {
+        let mut parts = raw.splitn(4, '|');
+        let ms = parts.next()?.parse().ok()?;
+        let by = parts.next()?.to_string();
+        let hex = parts.next()?;
+        let size = parts.next()?.parse().ok()?;
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut hash = [0u8; 32];
+        for (i, b) in hash.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(BlobRef { hash, size, stamp: Stamp { ms, by } })
+    }
+
+    /// The form a deletion record names a binary version by (a "head" of its content).
+    pub fn as_head(&self) -> ChangeHash {
+        ChangeHash(self.hash)
+    }
+}
+
 /// One file or directory of the folder, as the folder document records it, concurrent
 /// values included (the tree decides what they mean).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,9 +249,24 @@ pub struct Entry {
     pub locs: Vec<Location>,
     /// Deletion records in effect (several after concurrent deletes); empty = alive.
     pub deletions: Vec<Deletion>,
+    /// Binary content: the register's values (several after concurrent writes); empty
+    /// for text files and directories.
+    pub blobs: Vec<BlobRef>,
+    /// The executable bit (kept only where the folder syncs it).
+    pub exec: bool,
 }
 
 impl Entry {
+    /// The binary version in effect: the latest write, ties broken by member id.
+    pub fn blob(&self) -> Option<&BlobRef> {
+        self.blobs.iter().max_by(|a, b| a.stamp.cmp(&b.stamp))
+    }
+
+    /// Whether the file is binary (once binary, always binary: no flip-flopping).
+    pub fn is_binary(&self) -> bool {
+        !self.blobs.is_empty()
+    }
+
     /// The location Automerge ranks first (callers that need a strategy use the tree).
     pub fn any_loc(&self) -> &Location {
         &self.locs[0]
@@ -334,7 +392,9 @@ impl FolderDoc {
             .filter(|r| !r.is_empty())
             .filter_map(|r| Deletion::decode(r))
             .collect();
-        Some(Entry { kind, created, locs, deletions })
+        let blobs = self.all_strs(&obj, "blob").iter().filter_map(|r| BlobRef::decode(r)).collect();
+        let exec = self.str_at(&obj, "exec").as_deref() == Some("1");
+        Some(Entry { kind, created, locs, deletions, blobs, exec })
     }
 
     fn entry_obj(&self, id: DocId) -> Result<ObjId, ModelError> {
@@ -394,6 +454,37 @@ impl FolderDoc {
         let seen_locs = self.all_strs(&obj, "loc");
         let del = Deletion { stamp: stamp.clone(), seen_heads, seen_locs };
         self.doc.put(&obj, "del", del.encode())?;
+        Ok(())
+    }
+
+    /// Sets a file's binary content (a whole-file write: it supersedes every value this
+    /// replica has seen).
+    pub fn set_blob(&mut self, id: DocId, blob: &BlobRef) -> Result<(), ModelError> {
+        let obj = self.entry_obj(id)?;
+        self.doc.put(&obj, "blob", blob.encode())?;
+        Ok(())
+    }
+
+    /// Sets a file's executable bit.
+    pub fn set_exec(&mut self, id: DocId, exec: bool) -> Result<(), ModelError> {
+        let obj = self.entry_obj(id)?;
+        if (self.str_at(&obj, "exec").as_deref() == Some("1")) != exec {
+            self.doc.put(&obj, "exec", if exec { "1" } else { "" })?;
+        }
+        Ok(())
+    }
+
+    /// A folder setting (absent: `None`).
+    pub fn setting(&self, key: &str) -> Option<String> {
+        self.str_at(&self.map(SETTINGS)?, key)
+    }
+
+    /// Sets a folder setting.
+    pub fn set_setting(&mut self, key: &str, value: &str) -> Result<(), ModelError> {
+        let settings = self.map(SETTINGS).ok_or(ModelError::Missing("settings"))?;
+        if self.str_at(&settings, key).as_deref() != Some(value) {
+            self.doc.put(&settings, key, value)?;
+        }
         Ok(())
     }
 

@@ -31,7 +31,7 @@ pub mod tree;
 
 pub use automerge;
 pub use file::FileDoc;
-pub use folder::{Deletion, Entry, EntryKind, FolderDoc, Location, Member, Stamp, Strategy};
+pub use folder::{BlobRef, Deletion, Entry, EntryKind, FolderDoc, Location, Member, Stamp, Strategy};
 pub use ids::DocId;
 pub use tree::{Conflict, FileFacts, FolderView, NoFacts, Tree, render};
 

@@ -420,7 +420,7 @@ mod tests {
         } else {
             vec![]
         };
-        Entry { kind, created: s, locs: vec![l], deletions }
+        Entry { kind, created: s, locs: vec![l], deletions, blobs: vec![], exec: false }
     }
 
     fn members() -> BTreeMap<String, Member> {

@@ -16,6 +16,10 @@
 //!   Summary{doc -> heads}      one exchange to find every document that differs
 //!   Changes{doc, data, heads}  Automerge changes (or a whole save() for a doc the peer lacks)
 //!   Peers{addrs}               other members and where they were last seen (the mesh)
+//!   BlobGet{hash, from, count} ask for groups of a binary file's content (crate::blob)
+//!   BlobMeta{hash, size, cvs}  its size and the chaining value of every group
+//!   BlobData{hash, group, ..}  one group's bytes, checked against its chaining value
+//!   BlobNone{hash}             "I cannot serve that" (ask someone else)
 //! ```
 
 use anyhow::{Context, Result, bail};
@@ -84,6 +88,40 @@ pub enum Frame {
     Peers {
         /// Where each was last reachable.
         peers: Vec<EndpointAddr>,
+    },
+    /// A request for part of a binary file's content.
+    BlobGet {
+        /// Its BLAKE3.
+        hash: [u8; 32],
+        /// The first group wanted.
+        from: u64,
+        /// How many groups (a window: memory in flight stays bounded).
+        count: u32,
+        /// Whether to send [`Frame::BlobMeta`] first.
+        meta: bool,
+    },
+    /// A binary file's verification data.
+    BlobMeta {
+        /// Its BLAKE3.
+        hash: [u8; 32],
+        /// Its size.
+        size: u64,
+        /// The BLAKE3 chaining value of every group; they combine to `hash`.
+        cvs: Vec<[u8; 32]>,
+    },
+    /// One group of a binary file's content.
+    BlobData {
+        /// The file's BLAKE3.
+        hash: [u8; 32],
+        /// Which group.
+        group: u64,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// The sender cannot serve this content (it does not have it, or it changed).
+    BlobNone {
+        /// Its BLAKE3.
+        hash: [u8; 32],
     },
 }
 

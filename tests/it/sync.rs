@@ -318,32 +318,26 @@ fn malformed_tickets_are_rejected_without_side_effects() {
 }
 
 #[test]
-fn binary_files_stay_local_and_untouched() {
+fn binary_files_sync_both_ways_byte_for_byte() {
     let image: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\xff\xfe\0\xc3\x28";
     let live: &[u8] = b"\0\x01\x02\xff\xfe\xfd not utf-8 \xc0\xaf";
-    let mut text_only = one_file("readme.txt", "text beside a binary\n");
-    let mut a_files = text_only.clone();
-    put_file(&mut a_files, "image.bin", image);
+    let mut expected = one_file("readme.txt", "text beside a binary\n");
+    put_file(&mut expected, "image.bin", image);
+    put_file(&mut expected, "empty.bin", b"");
 
-    let a = Peer::share_tree("a", &a_files);
+    let a = Peer::share_tree("a", &expected);
     let b = Peer::join("b", a.ticket());
-    wait_converged_to(&[&b], &text_only);
+    wait_converged_to(&[&b], &expected);
 
-    // One more binary file while connected, noticed by the watcher this time.
+    // Live, both ways: a new binary, a binary rewritten, a binary deleted.
     a.write("live.bin", live);
-    put_file(&mut a_files, "live.bin", live);
-    wait_until("a's log to name image.bin and live.bin", || {
-        let log = a.log_text();
-        log.contains("image.bin") && log.contains("live.bin")
-    });
-
-    // Text written afterwards still syncs, and arrives after any wrongly sent binary would.
-    a.write("after.txt", "still syncing\n");
-    put_file(&mut a_files, "after.txt", "still syncing\n");
-    put_file(&mut text_only, "after.txt", "still syncing\n");
-    wait_converged_to(&[&b], &text_only);
-    assert_trees(&[&a], &a_files);
-    assert_trees(&[&b], &text_only);
+    put_file(&mut expected, "live.bin", live);
+    b.write("image.bin", b"\x89PNG replaced \xff");
+    put_file(&mut expected, "image.bin", b"\x89PNG replaced \xff");
+    wait_converged_to(&[&a, &b], &expected);
+    b.remove_file("live.bin");
+    remove(&mut expected, "live.bin");
+    wait_converged_to(&[&a, &b], &expected);
 }
 
 #[test]
