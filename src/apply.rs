@@ -31,7 +31,6 @@ use std::path::{Path, PathBuf};
 use teatime_crdt::path::{STATE_DIR, TEMP_PREFIX};
 use teatime_crdt::{DocId, EntryKind, Tree};
 
-use crate::filter::Filter;
 use crate::scan::{disk_entry, is_within, move_in_index, parent_of, stat_of};
 use crate::store::{Index, IndexEntry, Stat};
 
@@ -82,13 +81,14 @@ pub struct Materialized {
     pub kept_versions: Vec<(String, PathBuf)>,
 }
 
-/// Makes disk match `tree`. `content_of` says what a file holds (`None`: its document
+/// Makes disk match `tree`, leaving alone paths `skip` names (excluded on this peer, or
+/// changed locally and held back). `content_of` says what a file holds (`None`: its document
 /// has not arrived yet); files are rewritten only when new at their path or when they
 /// are in `changed`.
 pub fn materialize(
     root: &Path,
     tree: &Tree,
-    filter: &Filter,
+    skip: &dyn Fn(&str, bool) -> bool,
     index: &mut Index,
     changed: &HashSet<DocId>,
     content_of: &mut dyn FnMut(DocId) -> Option<Content>,
@@ -104,7 +104,7 @@ pub fn materialize(
     for (path, e) in &doomed {
         // Excluded here (ignored, untracked): never deleted because of a peer; the entry
         // is simply forgotten.
-        if filter.excludes(path, e.kind == EntryKind::Dir) {
+        if skip(path, e.kind == EntryKind::Dir) {
             index.remove(path);
             m.touched.insert(path.clone());
         }
@@ -146,7 +146,7 @@ pub fn materialize(
             // Not empty because of excluded files (ignored locally): they stay, and so
             // does the directory, now local (the scan does not publish a directory that
             // holds only excluded things).
-            Err(_) if holds_only_excluded(root, path, filter) => {
+            Err(_) if holds_only_excluded(root, path, skip) => {
                 index.remove(path);
                 m.touched.insert(path.clone());
             }
@@ -161,7 +161,7 @@ pub fn materialize(
     // 2. Moves, parents first, then 3. creations and content, also parents first.
     let mut where_is: HashMap<DocId, String> = index.iter().map(|(p, e)| (e.id, p.clone())).collect();
     for (path, &(id, kind)) in &tree.by_path {
-        if filter.excludes(path, kind == EntryKind::Dir) {
+        if skip(path, kind == EntryKind::Dir) {
             continue;
         }
         if let Some(current) = where_is.get(&id).cloned()
@@ -195,14 +195,14 @@ pub fn materialize(
     m
 }
 
-/// Whether everything under `dir` is excluded by `filter` (and so not teatime's to remove).
-fn holds_only_excluded(root: &Path, dir: &str, filter: &Filter) -> bool {
+/// Whether everything under `dir` is skipped (and so not teatime's to remove).
+fn holds_only_excluded(root: &Path, dir: &str, skip: &dyn Fn(&str, bool) -> bool) -> bool {
     let Ok(rd) = fs::read_dir(root.join(dir)) else { return false };
     rd.flatten().all(|d| {
         let Some(name) = d.file_name().to_str().map(str::to_string) else { return false };
         let child = format!("{dir}/{name}");
         let is_dir = d.file_type().is_ok_and(|t| t.is_dir());
-        filter.excludes(&child, is_dir) || (is_dir && holds_only_excluded(root, &child, filter))
+        skip(&child, is_dir) || (is_dir && holds_only_excluded(root, &child, skip))
     })
 }
 

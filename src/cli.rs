@@ -98,6 +98,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Receive-only folders: put back everything changed here (local versions are kept in
+    /// DIR/.teatime/versions/).
+    Revert {
+        /// The folder.
+        dir: PathBuf,
+    },
     /// List races waiting for a decision (interactive strategy).
     Conflicts {
         /// The folder.
@@ -120,6 +126,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PeersAction {
+    /// Set a member's role (owner only): writer, editor (edits existing files only) or
+    /// reader (receives only).
+    SetRole {
+        /// The member: endpoint id, a unique prefix of one, or its name.
+        peer: String,
+        /// The role.
+        role: String,
+        /// The folder (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Set a member's tier (higher wins races under the `priority` strategy).
     SetTier {
         /// The member: endpoint id, a unique prefix of one, or its name.
@@ -168,6 +185,12 @@ pub fn main() -> ExitCode {
         }
         Command::Peers { action: Some(PeersAction::SetTier { peer, tier, dir }), .. } => {
             return command(cli.home, cli.name, &dir, Request::SetTier { peer, tier }, Output::Plain);
+        }
+        Command::Peers { action: Some(PeersAction::SetRole { peer, role, dir }), .. } => {
+            return command(cli.home, cli.name, &dir, Request::SetRole { peer, role }, Output::Plain);
+        }
+        Command::Revert { dir } => {
+            return command(cli.home, cli.name, &dir, Request::Revert, Output::Plain);
         }
         Command::Peers { action: None, dir, json } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));

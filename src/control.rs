@@ -51,6 +51,16 @@ pub enum Request {
         /// The tier.
         tier: i64,
     },
+    /// Sets a member's role (owner only).
+    SetRole {
+        /// Who (as for [`Request::SetTier`]).
+        peer: String,
+        /// `writer`, `editor` or `reader`.
+        role: String,
+    },
+    /// Puts everything changed locally and held back (receive-only) back to the synced
+    /// state.
+    Revert,
     /// Pending conflicts.
     Conflicts,
     /// Settles a conflict by keeping one of its options.

@@ -15,6 +15,7 @@ pub mod home;
 pub mod local;
 pub mod net;
 pub mod node;
+pub mod policy;
 pub mod replica;
 pub mod scan;
 pub mod store;

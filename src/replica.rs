@@ -28,6 +28,7 @@ use automerge::{ActorId, AutoCommit, ChangeHash};
 use iroh::endpoint::Connection;
 use iroh::{EndpointAddr, EndpointId};
 use serde_json::json;
+use teatime_crdt::path::STATE_DIR;
 use teatime_crdt::{
     BlobRef, Conflict, DocId, Entry, EntryKind, FileDoc, FileFacts, FolderDoc, FolderView, Stamp, Strategy,
     Tree, render,
@@ -40,8 +41,9 @@ use crate::apply::{self, Body, Content, materialize};
 use crate::blob::{self, Fetches, Hash, Hashed, Next};
 use crate::control::{Request, Response};
 use crate::filter::Filter;
-use crate::local;
+use crate::local::{self, Mode};
 use crate::net::wire::{Frame, Heads};
+use crate::policy::{self, Role};
 use crate::scan::{self, LocalOp, Scope, move_in_index, name_of, ns_to_ms, parent_of};
 use crate::store::{Batch, Index, IndexEntry, Stat as Stat_, Store};
 
@@ -158,6 +160,8 @@ pub struct Replica {
     outboards: HashMap<Hash, Arc<Hashed>>,
     /// What is synced on this peer (ignore rules, whitelist).
     filter: Filter,
+    /// Paths changed locally and not published (receive-only mode), as the last scan saw.
+    held: BTreeSet<String>,
     // Work accumulated since the last flush.
     dirty: BTreeSet<DocId>,
     remote_changed: HashSet<DocId>,
@@ -279,6 +283,7 @@ impl Replica {
         let filter = Filter::load(&root, local::tracked(&store)?);
         let fetches = Fetches::new(&root);
         Ok(Replica {
+            held: BTreeSet::new(),
             fetches,
             filter,
             root,
@@ -444,6 +449,16 @@ impl Replica {
         if !self.folder.is_ready() {
             return Err("the folder has not arrived from its peers yet".into());
         }
+        let writes_folder = matches!(
+            req,
+            Request::Setting { value: Some(_), .. } | Request::SetTier { .. } | Request::Resolve { .. }
+        ) && !matches!(&req, Request::Setting { key, .. } if key == "tracking" || key == "mode");
+        if writes_folder && !self.my_role().writes_tree() {
+            return Err(format!(
+                "a {} may not change the folder's settings or members",
+                self.my_role().as_str()
+            ));
+        }
         let changed = match req {
             Request::Setting { key, value: None } => return self.setting(&key).map(|v| json!(v)),
             Request::Setting { key, value: Some(value) } => self.set_setting(&key, &value)?,
@@ -473,6 +488,24 @@ impl Replica {
                     .collect();
                 return Ok(json!(list));
             }
+            Request::SetRole { peer, role } => {
+                if self.my_role() != Role::Owner {
+                    return Err("only the folder's owner sets roles".into());
+                }
+                let role = Role::parse(&role)
+                    .filter(|r| *r != Role::Owner)
+                    .ok_or_else(|| format!("unknown role {role:?} (expected writer, editor or reader)"))?;
+                let id = self.find_member(&peer)?;
+                if id == self.me.to_string() {
+                    return Err("the owner keeps the owner role".into());
+                }
+                self.folder.set_role(&id, role.as_str()).map_err(|e| e.to_string())?;
+                true
+            }
+            Request::Revert => {
+                let n = self.revert();
+                return Ok(json!(format!("{n} paths put back")));
+            }
             Request::SetTier { peer, tier } => {
                 let id = self.find_member(&peer)?;
                 self.folder.set_tier(&id, tier).map_err(|e| e.to_string())?;
@@ -500,6 +533,7 @@ impl Replica {
             SYNC_EXEC_BIT => if self.exec_synced() { "on" } else { "off" }.to_string(),
             TEXT_LIMIT => self.text_limit().to_string(),
             "tracking" => local::tracking(&self.store).map_err(err)?.as_str().to_string(),
+            "mode" => self.mode().as_str().to_string(),
             _ => return Err(unknown_setting(key)),
         })
     }
@@ -529,6 +563,20 @@ impl Replica {
                     value.parse().map_err(|_| format!("{TEXT_LIMIT} is a number of bytes, not {value:?}"))?;
                 self.folder.set_setting(TEXT_LIMIT, &bytes.to_string()).map_err(|e| e.to_string())?;
                 Ok(true)
+            }
+            "mode" => {
+                let m = Mode::parse(value).ok_or_else(|| {
+                    format!("unknown mode {value:?} (expected send-receive, send-only or receive-only)")
+                })?;
+                let was = self.mode();
+                local::set_mode(&self.store, m).map_err(err)?;
+                if was != m {
+                    // Whatever was held back either way is looked at again.
+                    self.hint(Scope::All);
+                    self.remote_changed.insert(self.id.folder);
+                    self.remote_changed.extend(self.files.keys().copied());
+                }
+                Ok(false)
             }
             "tracking" => {
                 let t = local::Tracking::parse(value)
@@ -663,7 +711,10 @@ impl Replica {
         {
             warn!("could not remember peer address: {e:#}");
         }
-        if self.folder.is_ready() && !self.folder.members().contains_key(&peer.to_string()) {
+        if self.folder.is_ready()
+            && self.my_role().writes_tree()
+            && !self.folder.members().contains_key(&peer.to_string())
+        {
             info!(peer = %peer.fmt_short(), %name, "new member joined");
             if self.folder.add_member(&peer.to_string(), &name, "writer").is_ok() {
                 self.folder.commit();
@@ -748,6 +799,12 @@ impl Replica {
                 }
             }
             Frame::Changes { doc, data, heads } => {
+                if let Err(why) = self.admit(peer, doc, &data) {
+                    if self.reported.insert(format!("refused\0{peer}\0{why}")) {
+                        warn!(peer = %peer.fmt_short(), doc = %doc.short(), "refusing changes outside the peer's role: {why}");
+                    }
+                    return;
+                }
                 let pre_text = self.files.get(&doc).and_then(|f| f.text());
                 let d = self.doc_mut(doc);
                 let before = d.get_heads();
@@ -796,6 +853,48 @@ impl Replica {
             Frame::BlobNone { hash } => self.fetches.refused(peer, hash),
             other => debug!(peer = %peer.fmt_short(), "ignoring unexpected frame {other:?}"),
         }
+    }
+
+    /// Whether changes to `doc` arriving on `peer`'s session are within its role (see
+    /// [`crate::policy`]). Folder-document changes are tried on a copy first. Changes
+    /// written by the owner are allowed whoever relays them, so a writer can pass on a
+    /// role the owner set.
+    fn admit(&mut self, peer: EndpointId, doc: DocId, data: &[u8]) -> Result<(), String> {
+        if !self.folder.is_ready() {
+            return Ok(()); // joining: the folder (and who may do what) is not here yet
+        }
+        let role = Role::of(&self.folder, &peer.to_string());
+        if role == Role::Owner {
+            return Ok(());
+        }
+        if doc != self.id.folder {
+            self.tree.get(&mut self.folder, &mut self.files);
+            return if policy::allows_file_change(role, doc, &self.tree.entries) {
+                Ok(())
+            } else {
+                Err(format!("a {} may not change the content of this file", role.as_str()))
+            };
+        }
+        let before_heads = self.folder.doc_mut().get_heads();
+        let mut after = FolderDoc::from_doc(self.folder.doc_mut().fork());
+        after.doc_mut().load_incremental(data).map_err(|e| e.to_string())?;
+        let mut base = self.folder.doc_mut().fork();
+        if role == Role::Writer {
+            let owners: BTreeSet<String> = self
+                .folder
+                .members()
+                .into_iter()
+                .filter(|(_, m)| m.role == Role::Owner.as_str())
+                .map(|(id, _)| id)
+                .collect();
+            let new = after.doc_mut().get_changes(&before_heads);
+            let by_owner: Vec<automerge::Change> = new
+                .into_iter()
+                .filter(|c| after.actor_member(c.actor_id()).is_some_and(|m| owners.contains(&m)))
+                .collect();
+            base.apply_changes(by_owner).map_err(|e| e.to_string())?;
+        }
+        policy::check_folder_change(role, &FolderDoc::from_doc(base), &after)
     }
 
     /// The same outside change taken in on two peers at once (both ran `git pull`, both
@@ -886,6 +985,9 @@ impl Replica {
     /// Records once that this replica's Automerge actor writes for this node, so history
     /// can say who wrote what.
     fn bind_actor(&mut self) {
+        if self.my_role() == Role::Reader {
+            return; // a reader writes nothing
+        }
         let me = self.me.to_string();
         if self.folder.actor_member(&self.id.actor).as_deref() != Some(me.as_str())
             && self.folder.bind_actor(&self.id.actor, &me).is_ok()
@@ -912,6 +1014,57 @@ impl Replica {
         }
     }
 
+    fn my_role(&self) -> Role {
+        Role::of(&self.folder, &self.me.to_string())
+    }
+
+    fn mode(&self) -> Mode {
+        local::mode(&self.store).unwrap_or_default()
+    }
+
+    /// Puts `paths` back to the synced state. Whatever is there locally is moved to
+    /// `.teatime/versions/reverted-<time>/` first: a revert never destroys the user's
+    /// bytes.
+    fn revert_paths(&mut self, paths: &BTreeSet<String>) -> usize {
+        let backup =
+            self.root.join(STATE_DIR).join(apply::VERSIONS_DIR).join(format!("reverted-{}", now_ms()));
+        let mut count = 0;
+        // Deepest first, so a directory is emptied before it is looked at.
+        for path in paths.iter().rev() {
+            let full = self.root.join(path);
+            if let Ok(meta) = std::fs::symlink_metadata(&full) {
+                let keep = backup.join(path);
+                let moved = keep.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
+                    if meta.is_dir() { std::fs::remove_dir(&full) } else { std::fs::rename(&full, &keep) }
+                });
+                if let Err(e) = moved {
+                    warn!(%path, "could not put back: {e}");
+                    continue;
+                }
+            }
+            // Forgotten by the index: the next materialisation writes the synced version.
+            let below: Vec<String> =
+                self.index.keys().filter(|k| scan::is_within(k, path)).cloned().collect();
+            for k in below {
+                self.index.remove(&k);
+                self.index_touched.insert(k);
+            }
+            self.held.remove(path);
+            count += 1;
+        }
+        self.remote_changed.insert(self.id.folder);
+        self.remote_changed.extend(self.files.keys().copied());
+        count
+    }
+
+    /// `teatime revert`: everything changed locally and held back (receive-only) is put
+    /// back to the synced state.
+    fn revert(&mut self) -> usize {
+        self.scan(Scope::All);
+        let held = std::mem::take(&mut self.held);
+        self.revert_paths(&held)
+    }
+
     fn scan(&mut self, scope: Scope) {
         let mut new_id = || DocId(rand::random());
         let text_limit = self.text_limit();
@@ -922,16 +1075,37 @@ impl Replica {
             }
         }
         // The tree as it was before this scan: untracked paths are matched against it.
-        let creates =
-            r.ops.iter().any(|op| matches!(op, LocalOp::CreateDir { .. } | LocalOp::CreateFile { .. }));
+        let creates = r.ops.iter().any(|op| {
+            matches!(
+                op,
+                LocalOp::CreateDir { .. } | LocalOp::CreateFile { .. } | LocalOp::CreateBinary { .. }
+            )
+        });
         let tree =
             if creates { self.tree.get(&mut self.folder, &mut self.files).clone() } else { Tree::default() };
+        let role = self.my_role();
+        let mode = self.mode();
+        let mut refused = BTreeSet::new();
+        let mut held = BTreeSet::new();
         for op in r.ops {
-            if let Err(e) = self.record(op, &tree) {
+            if !policy::allows_local(role, &op) {
+                refused.extend(op.paths());
+            } else if mode == Mode::ReceiveOnly && !matches!(op, LocalOp::Touch { .. }) {
+                held.extend(op.paths());
+            } else if let Err(e) = self.record(op, &tree) {
                 warn!("could not record a local change: {e:#}");
             }
         }
         self.folder.commit();
+        if scope == Scope::All {
+            self.held = held;
+        } else {
+            self.held.extend(held);
+        }
+        if !refused.is_empty() {
+            warn!(role = role.as_str(), paths = ?refused, "local changes this member's role does not allow: putting them back");
+            self.revert_paths(&refused);
+        }
         if !r.unstable.is_empty() {
             self.hint(Scope::Paths(r.unstable.into_iter().collect()));
         }
@@ -1156,6 +1330,11 @@ impl Replica {
             if self.remote_changed.is_empty() || !self.folder.is_ready() {
                 break;
             }
+            if self.mode() == Mode::SendOnly {
+                // Remote changes are kept in the documents (and relayed), not written here.
+                self.remote_changed.clear();
+                break;
+            }
             // Local changes the watcher reported but the debounce still holds go first:
             // applying a remote change over an unrecorded local rename would lose it.
             if self.pending.is_some() {
@@ -1188,14 +1367,12 @@ impl Replica {
                 };
                 Some(Content { body, exec })
             };
-            let m = materialize(
-                &self.root,
-                &self.tree.tree,
-                &self.filter,
-                &mut self.index,
-                &changed,
-                &mut content_of,
-            );
+            let (filter, held) = (&self.filter, &self.held);
+            let skip = |path: &str, is_dir: bool| {
+                filter.excludes(path, is_dir) || held.iter().any(|h| scan::is_within(path, h))
+            };
+            let m =
+                materialize(&self.root, &self.tree.tree, &skip, &mut self.index, &changed, &mut content_of);
             let rules_changed = m.touched.iter().any(|p| Filter::is_rule_file(p));
             for (path, kept) in &m.kept_versions {
                 info!(%path, kept = %kept.display(), "a concurrent binary version lost; it is kept");
@@ -1338,6 +1515,9 @@ impl Replica {
     /// duplicate entry is recorded as deleted, so it stays one even if the contents later
     /// diverge. Every peer may do this; the records agree. Returns whether it wrote.
     fn record_duplicates(&mut self) -> bool {
+        if !self.my_role().writes_tree() {
+            return false;
+        }
         let dups = self.tree.get(&mut self.folder, &mut self.files).duplicates.clone();
         let mut wrote = false;
         for dup in dups {

@@ -229,6 +229,22 @@ pub enum LocalOp {
     Delete { id: DocId, path: String, at_ms: u64 },
 }
 
+impl LocalOp {
+    /// The paths the change is about.
+    pub fn paths(&self) -> Vec<String> {
+        match self {
+            LocalOp::CreateDir { path, .. }
+            | LocalOp::CreateFile { path, .. }
+            | LocalOp::Edit { path, .. }
+            | LocalOp::CreateBinary { path, .. }
+            | LocalOp::EditBinary { path, .. }
+            | LocalOp::Touch { path, .. }
+            | LocalOp::Delete { path, .. } => vec![path.clone()],
+            LocalOp::Move { from, to, .. } => vec![from.clone(), to.clone()],
+        }
+    }
+}
+
 /// The result of comparing disk with the index.
 #[derive(Debug, Default)]
 pub struct Reconciled {

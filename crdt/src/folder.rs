@@ -278,7 +278,7 @@ impl Entry {
 pub struct Member {
     /// The name the member's node gave itself.
     pub name: String,
-    /// `owner`, `writer` or `reader`.
+    /// `owner`, `writer`, `editor` or `reader`.
     pub role: String,
     /// Rank under the `priority` strategy (higher wins).
     pub tier: i64,
@@ -529,6 +529,18 @@ impl FolderDoc {
             self.doc.put(&obj, "role", role)?;
         }
         Ok(())
+    }
+
+    /// Sets a member's role (the owner's decision).
+    pub fn set_role(&mut self, endpoint: &str, role: &str) -> Result<(), ModelError> {
+        let members = self.map(MEMBERS).ok_or(ModelError::Missing("members"))?;
+        match self.doc.get(&members, endpoint)? {
+            Some((Value::Object(ObjType::Map), obj)) => {
+                self.doc.put(&obj, "role", role)?;
+                Ok(())
+            }
+            _ => Err(ModelError::Missing("member")),
+        }
     }
 
     /// Sets a member's tier (rank under the `priority` strategy).
