@@ -98,6 +98,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take an advisory lock on a file (for files that cannot merge): other peers hold
+    /// back their changes to it until it is unlocked, or until this peer is gone for the
+    /// folder's lock-lease.
+    Lock {
+        /// The folder.
+        dir: PathBuf,
+        /// The file.
+        path: String,
+    },
+    /// Release an advisory lock.
+    Unlock {
+        /// The folder.
+        dir: PathBuf,
+        /// The file.
+        path: String,
+    },
+    /// List the advisory locks in effect.
+    Locks {
+        /// The folder.
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Receive-only folders: put back everything changed here (local versions are kept in
     /// DIR/.teatime/versions/).
     Revert {
@@ -189,6 +213,23 @@ pub fn main() -> ExitCode {
         Command::Peers { action: Some(PeersAction::SetRole { peer, role, dir }), .. } => {
             return command(cli.home, cli.name, &dir, Request::SetRole { peer, role }, Output::Plain);
         }
+        Command::Lock { dir, path } => {
+            let path = match folder_relative(&dir, &[path]) {
+                Ok(mut p) => p.remove(0),
+                Err(e) => return usage_error(e),
+            };
+            return command(cli.home, cli.name, &dir, Request::Lock(path), Output::Plain);
+        }
+        Command::Unlock { dir, path } => {
+            let path = match folder_relative(&dir, &[path]) {
+                Ok(mut p) => p.remove(0),
+                Err(e) => return usage_error(e),
+            };
+            return command(cli.home, cli.name, &dir, Request::Unlock(path), Output::Plain);
+        }
+        Command::Locks { dir, json } => {
+            return command(cli.home, cli.name, &dir, Request::Locks, Output::pick(json, Output::Locks));
+        }
         Command::Revert { dir } => {
             return command(cli.home, cli.name, &dir, Request::Revert, Output::Plain);
         }
@@ -254,6 +295,7 @@ enum Output {
     Peers,
     Conflicts,
     Tracked,
+    Locks,
 }
 
 impl Output {
@@ -307,6 +349,16 @@ fn command(
                     p["role"].as_str().unwrap_or(""),
                     p["tier"]
                 );
+            }
+        }
+        Output::Locks => {
+            let list = value.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no locks");
+            }
+            for l in list {
+                let who = if l["me"].as_bool() == Some(true) { "this node" } else { l["name"].as_str().unwrap_or("") };
+                println!("{}  locked by {who}", l["path"].as_str().unwrap_or(""));
             }
         }
         Output::Tracked => {

@@ -61,6 +61,12 @@ pub enum Request {
     /// Puts everything changed locally and held back (receive-only) back to the synced
     /// state.
     Revert,
+    /// Takes an advisory lock on a file (path relative to the folder).
+    Lock(String),
+    /// Releases an advisory lock.
+    Unlock(String),
+    /// The advisory locks in effect.
+    Locks,
     /// Pending conflicts.
     Conflicts,
     /// Settles a conflict by keeping one of its options.
@@ -78,6 +84,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("conflict-strategy", "folder", "timestamp | priority | interactive"),
     ("sync-exec-bit", "folder", "on | off"),
     ("text-limit", "folder", "bytes: larger files sync as binary"),
+    ("lock-lease", "folder", "seconds a lock outlives its holder's last renewal"),
     ("tracking", "this peer", "all | whitelist"),
     ("mode", "this peer", "send-receive | send-only | receive-only"),
 ];

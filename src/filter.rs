@@ -61,6 +61,9 @@ pub struct Filter {
     tracked: Option<BTreeSet<String>>,
     /// Lines that could not be parsed, for the log.
     pub problems: Vec<String>,
+    /// The rule files read, with their metadata then: a scan checks them first, so a
+    /// rule written just before the files it excludes is in force when they are seen.
+    read: Vec<(PathBuf, Option<(u64, i64, i64)>)>,
 }
 
 impl Filter {
@@ -68,11 +71,18 @@ impl Filter {
     pub fn load(root: &Path, tracked: Option<BTreeSet<String>>) -> Filter {
         let mut f = Filter { root: root.to_path_buf(), tracked, ..Filter::default() };
         let local = root.join(LOCAL_IGNORE);
+        f.read.push((local.clone(), fingerprint(&local)));
         if local.is_file() {
             f.local = f.build(root, &local);
         }
         f.load_dir("");
         f
+    }
+
+    /// Whether a rule file read changed since (or a new one appeared where one was
+    /// missing).
+    pub fn is_stale(&self) -> bool {
+        self.read.iter().any(|(path, seen)| fingerprint(path) != *seen)
     }
 
     fn build(&mut self, dir: &Path, file: &Path) -> Option<Gitignore> {
@@ -94,6 +104,7 @@ impl Filter {
     fn load_dir(&mut self, rel: &str) {
         let abs = self.root.join(rel);
         let file = abs.join(SYNC_IGNORE);
+        self.read.push((file.clone(), fingerprint(&file)));
         if fs::symlink_metadata(&file).is_ok_and(|m| m.is_file())
             && let Some(g) = self.build(&abs, &file)
         {
@@ -181,6 +192,12 @@ impl Filter {
     pub fn is_rule_file(rel: &str) -> bool {
         rel == SYNC_IGNORE || rel == LOCAL_IGNORE || rel.ends_with(&format!("/{SYNC_IGNORE}"))
     }
+}
+
+/// Size and modification time of a file (`None`: absent).
+fn fingerprint(path: &Path) -> Option<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).ok().map(|m| (m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod control;
 pub mod filter;
 pub mod home;
 pub mod local;
+pub mod locks;
 pub mod net;
 pub mod node;
 pub mod policy;

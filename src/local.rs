@@ -10,6 +10,7 @@ use crate::store::Store;
 const TRACKING: &str = "tracking";
 const TRACKED: &str = "tracked";
 const MODE: &str = "mode";
+const LOCKS: &str = "locks";
 
 /// Which paths this peer syncs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,4 +117,17 @@ pub fn mode(store: &Store) -> Result<Mode> {
 /// Sets the folder mode.
 pub fn set_mode(store: &Store, m: Mode) -> Result<()> {
     store.set_meta(&[(MODE, m.as_str().as_bytes())])
+}
+
+/// The advisory locks this peer holds (entry ids), kept across restarts.
+pub fn locks(store: &Store) -> Result<BTreeSet<teatime_crdt::DocId>> {
+    match store.meta(LOCKS)? {
+        Some(bytes) => serde_json::from_slice(&bytes).context("reading the held locks"),
+        None => Ok(BTreeSet::new()),
+    }
+}
+
+/// Replaces the locks this peer holds.
+pub fn set_locks(store: &Store, locks: &BTreeSet<teatime_crdt::DocId>) -> Result<()> {
+    store.set_meta(&[(LOCKS, &serde_json::to_vec(locks)?)])
 }

@@ -150,7 +150,7 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
     };
     let router = Router::builder(endpoint.clone()).accept(ALPN, hub.clone()).spawn();
 
-    if matches!(start, Start::Share) {
+    let ticket = if matches!(start, Start::Share) {
         if opts.network == NetworkMode::Internet
             && tokio::time::timeout(ONLINE_TIMEOUT, endpoint.online()).await.is_err()
         {
@@ -162,10 +162,10 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
             name: opts.name.clone(),
             addr: endpoint.addr(),
         };
-        println!("{}", ticket.encode());
-        use std::io::Write;
-        std::io::stdout().flush()?;
-    }
+        Some(ticket.encode())
+    } else {
+        None
+    };
 
     let folder_id = identity.folder;
     let mut replica = Replica::open(root.clone(), store, identity, me, opts.name.clone(), dial_tx.clone())?;
@@ -179,6 +179,13 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
     let cancel = CancellationToken::new();
     crate::control::serve(&root, inbox_tx.clone(), cancel.clone())?;
     info!(folder = %folder_id.short(), node = %me.fmt_short(), "syncing {}", root.display());
+    // Printed once the folder answers commands: a script that runs `teatime config` as
+    // soon as it has the ticket reaches this process, not a locked store.
+    if let Some(ticket) = ticket {
+        println!("{ticket}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+    }
 
     let replica_thread = {
         let cancel = cancel.clone();

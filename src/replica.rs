@@ -42,6 +42,7 @@ use crate::blob::{self, Fetches, Hash, Hashed, Next};
 use crate::control::{Request, Response};
 use crate::filter::Filter;
 use crate::local::{self, Mode};
+use crate::locks::{self, Locks};
 use crate::net::wire::{Frame, Heads};
 use crate::policy::{self, Role};
 use crate::scan::{self, LocalOp, Scope, move_in_index, name_of, ns_to_ms, parent_of};
@@ -65,8 +66,14 @@ const RETRY_DELAY: Duration = Duration::from_millis(300);
 pub const SYNC_EXEC_BIT: &str = "sync-exec-bit";
 /// Folder setting: files larger than this many bytes are binary.
 pub const TEXT_LIMIT: &str = "text-limit";
+/// Folder setting: seconds a lock outlives its holder's last renewal.
+pub const LOCK_LEASE: &str = "lock-lease";
 /// How often transfers of binary content are checked for stalls.
 const FETCH_POLL: Duration = Duration::from_secs(5);
+/// Two sessions with one peer, one dialed by each side, that start this close together
+/// are a simultaneous dial (one is dropped by a rule both sides agree on); further apart,
+/// the newer one replaces a session the peer has already given up.
+const SIMULTANEOUS_DIAL: Duration = Duration::from_secs(3);
 /// How many events are handled before a flush, so a flood of frames is batched.
 const MAX_EVENTS_PER_FLUSH: usize = 256;
 /// Rounds of "write remote change, find a local edit, ingest it" before giving up for now.
@@ -117,6 +124,8 @@ pub enum Event {
 }
 
 struct Link {
+    /// When the session started.
+    since: Instant,
     conn_id: u64,
     dialed_by_me: bool,
     outbox: mpsc::Sender<Frame>,
@@ -160,8 +169,11 @@ pub struct Replica {
     outboards: HashMap<Hash, Arc<Hashed>>,
     /// What is synced on this peer (ignore rules, whitelist).
     filter: Filter,
-    /// Paths changed locally and not published (receive-only mode), as the last scan saw.
+    /// Paths changed locally and not published (receive-only mode, or a file another
+    /// peer has locked), as the last scan saw.
     held: BTreeSet<String>,
+    /// Advisory locks.
+    locks: Locks,
     // Work accumulated since the last flush.
     dirty: BTreeSet<DocId>,
     remote_changed: HashSet<DocId>,
@@ -282,7 +294,9 @@ impl Replica {
             folder.unwrap_or_else(|| FolderDoc::from_doc(AutoCommit::new().with_actor(id.actor.clone())));
         let filter = Filter::load(&root, local::tracked(&store)?);
         let fetches = Fetches::new(&root);
+        let locks = Locks::new(local::locks(&store)?);
         Ok(Replica {
+            locks,
             held: BTreeSet::new(),
             fetches,
             filter,
@@ -341,6 +355,10 @@ impl Replica {
                 self.pending.as_ref().filter(|_| self.folder.is_ready()).map(|(_, quiet, _)| *quiet);
             let mut wake = scan_at.map(tokio::time::Instant::from_std);
             if let Some(at) = self.retry_at {
+                let at = tokio::time::Instant::from_std(at);
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
+            if let Some(at) = self.locks.next_wake() {
                 let at = tokio::time::Instant::from_std(at);
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
@@ -502,6 +520,15 @@ impl Replica {
                 self.folder.set_role(&id, role.as_str()).map_err(|e| e.to_string())?;
                 true
             }
+            Request::Lock(path) => {
+                self.lock(&path)?;
+                return Ok(json!("ok"));
+            }
+            Request::Unlock(path) => {
+                self.unlock(&path)?;
+                return Ok(json!("ok"));
+            }
+            Request::Locks => return Ok(json!(self.lock_list())),
             Request::Revert => {
                 let n = self.revert();
                 return Ok(json!(format!("{n} paths put back")));
@@ -532,6 +559,7 @@ impl Replica {
             "conflict-strategy" => self.folder.strategy().as_str().to_string(),
             SYNC_EXEC_BIT => if self.exec_synced() { "on" } else { "off" }.to_string(),
             TEXT_LIMIT => self.text_limit().to_string(),
+            LOCK_LEASE => self.lease().as_secs().to_string(),
             "tracking" => local::tracking(&self.store).map_err(err)?.as_str().to_string(),
             "mode" => self.mode().as_str().to_string(),
             _ => return Err(unknown_setting(key)),
@@ -562,6 +590,15 @@ impl Replica {
                 let bytes: u64 =
                     value.parse().map_err(|_| format!("{TEXT_LIMIT} is a number of bytes, not {value:?}"))?;
                 self.folder.set_setting(TEXT_LIMIT, &bytes.to_string()).map_err(|e| e.to_string())?;
+                Ok(true)
+            }
+            LOCK_LEASE => {
+                let secs: u64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| format!("{LOCK_LEASE} is a number of seconds, not {value:?}"))?;
+                self.folder.set_setting(LOCK_LEASE, &secs.to_string()).map_err(|e| e.to_string())?;
                 Ok(true)
             }
             "mode" => {
@@ -699,8 +736,13 @@ impl Replica {
             // peer crashed and QUIC has not timed out yet): the new one wins.
             // Both sides dialed at once: keep the session dialed by the smaller id, so
             // both ends pick the same one.
+            // A peer dials only when it has no session with us, so a new session next to an
+            // old one means the old one is dead on its side (it restarted, or lost the
+            // path) even if QUIC has not noticed yet: only two sessions born together are
+            // a simultaneous dial.
             let keep_dialed_by_me = self.me < peer;
-            if existing.dialed_by_me != dialed_by_me && dialed_by_me != keep_dialed_by_me {
+            let simultaneous = existing.since.elapsed() < SIMULTANEOUS_DIAL;
+            if simultaneous && existing.dialed_by_me != dialed_by_me && dialed_by_me != keep_dialed_by_me {
                 conn.close(2u32.into(), b"duplicate session");
                 return;
             }
@@ -722,6 +764,7 @@ impl Replica {
             }
         }
         let link = Link {
+            since: Instant::now(),
             conn_id,
             dialed_by_me,
             outbox,
@@ -731,6 +774,10 @@ impl Replica {
             backlog: BTreeSet::new(),
         };
         self.peers.insert(peer, link);
+        if !self.locks.mine().is_empty() {
+            let frame = self.locks_frame();
+            self.send(peer, frame);
+        }
         let summary = Frame::Summary { docs: self.summary() };
         let peers = Frame::Peers { peers: self.peers.values().map(|l| l.addr.clone()).collect() };
         self.send(peer, summary);
@@ -851,6 +898,16 @@ impl Replica {
                 self.blob_next(peer, next);
             }
             Frame::BlobNone { hash } => self.fetches.refused(peer, hash),
+            Frame::Locks { locks } => {
+                let (released, lost) = self.locks.receive(self.me, peer, &locks);
+                if released {
+                    self.hint(Scope::All); // changes held back for the lock can go out now
+                }
+                if !lost.is_empty() {
+                    warn!(peer = %peer.fmt_short(), "{} taken concurrently by another peer, which keeps it", lost.len());
+                    self.save_locks();
+                }
+            }
             other => debug!(peer = %peer.fmt_short(), "ignoring unexpected frame {other:?}"),
         }
     }
@@ -1010,8 +1067,92 @@ impl Replica {
         }
         self.hint(Scope::All);
         if self.folder.is_ready() {
+            // Paths that were excluded may hold stale versions: write every file again
+            // where it differs (a local edit found there is merged first).
             self.remote_changed.insert(self.id.folder);
+            self.remote_changed.extend(self.files.keys().copied());
         }
+    }
+
+    fn lease(&self) -> Duration {
+        self.folder
+            .setting(LOCK_LEASE)
+            .and_then(|v| v.parse().ok())
+            .map_or(locks::DEFAULT_LEASE, Duration::from_secs)
+    }
+
+    fn locks_frame(&self) -> Frame {
+        let ms = self.lease().as_millis() as u64;
+        Frame::Locks { locks: self.locks.mine().iter().map(|id| (*id, ms)).collect() }
+    }
+
+    /// Renews our leases when due; drops others' expired ones (and looks again at
+    /// changes they held back).
+    fn tick_locks(&mut self) {
+        if self.locks.expire() {
+            self.reported.retain(|r| !r.starts_with("locked\0"));
+            self.hint(Scope::All);
+        }
+        if self.locks.renew_due(self.lease()) {
+            let frame = self.locks_frame();
+            for peer in self.peers.keys().copied().collect::<Vec<_>>() {
+                self.send(peer, frame.clone());
+            }
+        }
+    }
+
+    fn save_locks(&self) {
+        if let Err(e) = local::set_locks(&self.store, self.locks.mine()) {
+            warn!("could not save locks: {e:#}");
+        }
+    }
+
+    /// The file entry shown at `path`.
+    fn file_at(&mut self, path: &str) -> Result<DocId, String> {
+        match self.tree.get(&mut self.folder, &mut self.files).by_path.get(path) {
+            Some(&(id, EntryKind::File)) => Ok(id),
+            Some(_) => Err(format!("{path} is a directory; lock the files in it")),
+            None => Err(format!("{path} is not a synced file")),
+        }
+    }
+
+    fn lock(&mut self, path: &str) -> Result<(), String> {
+        if !self.my_role().writes_tree() && self.my_role() != Role::Editor {
+            return Err("a reader cannot lock files".into());
+        }
+        let id = self.file_at(path)?;
+        if let Err(who) = self.locks.take(id) {
+            let name = self.folder.members().get(&who.to_string()).map(|m| m.name.clone());
+            return Err(format!("{path} is locked by {}", name.unwrap_or_else(|| who.to_string())));
+        }
+        self.save_locks();
+        Ok(())
+    }
+
+    fn unlock(&mut self, path: &str) -> Result<(), String> {
+        let id = self.file_at(path)?;
+        if !self.locks.release(id) {
+            return Err(format!("{path} is not locked by this peer"));
+        }
+        self.save_locks();
+        for peer in self.peers.keys().copied().collect::<Vec<_>>() {
+            self.send(peer, Frame::Locks { locks: vec![(id, 0)] });
+        }
+        Ok(())
+    }
+
+    fn lock_list(&mut self) -> Vec<serde_json::Value> {
+        let me = self.me;
+        let members = self.folder.members();
+        let mut held: Vec<(DocId, EndpointId)> = self.locks.mine().iter().map(|id| (*id, me)).collect();
+        held.extend(self.locks.theirs());
+        let tree = self.tree.get(&mut self.folder, &mut self.files);
+        held.into_iter()
+            .map(|(id, who)| {
+                let name = members.get(&who.to_string()).map(|m| m.name.clone()).unwrap_or_default();
+                json!({"path": tree.path_of(id).unwrap_or(""), "holder": who.to_string(), "name": name, "me": who == me})
+            })
+            .collect()
     }
 
     fn my_role(&self) -> Role {
@@ -1065,7 +1206,11 @@ impl Replica {
         self.revert_paths(&held)
     }
 
-    fn scan(&mut self, scope: Scope) {
+    fn scan(&mut self, mut scope: Scope) {
+        if self.filter.is_stale() {
+            self.reload_filter();
+            scope = Scope::All;
+        }
         let mut new_id = || DocId(rand::random());
         let text_limit = self.text_limit();
         let r = scan::reconcile(&self.root, &self.index, &scope, &self.filter, text_limit, &mut new_id);
@@ -1090,6 +1235,13 @@ impl Replica {
         for op in r.ops {
             if !policy::allows_local(role, &op) {
                 refused.extend(op.paths());
+            } else if let Some((id, who)) = op.entry().and_then(|id| Some((id, self.locks.holder(id)?))) {
+                let path = op.paths().pop().unwrap_or_default();
+                if self.reported.insert(format!("locked\0{id}\0{who}")) {
+                    let name = self.folder.members().get(&who.to_string()).map(|m| m.name.clone());
+                    warn!(%path, holder = name.as_deref().unwrap_or("?"), "file is locked by another peer: the local change is held back until it is unlocked");
+                }
+                held.extend(op.paths());
             } else if mode == Mode::ReceiveOnly && !matches!(op, LocalOp::Touch { .. }) {
                 held.extend(op.paths());
             } else if let Err(e) = self.record(op, &tree) {
@@ -1324,6 +1476,7 @@ impl Replica {
 
     /// Persist, materialise, persist the index, broadcast (see the module docs).
     fn flush(&mut self) {
+        self.tick_locks();
         let mut to_send: BTreeSet<DocId> = BTreeSet::new();
         for round in 0..MAX_MATERIALIZE_ROUNDS {
             self.persist_docs(&mut to_send);

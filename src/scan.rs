@@ -230,6 +230,17 @@ pub enum LocalOp {
 }
 
 impl LocalOp {
+    /// The existing entry the change is about (`None` for creations).
+    pub fn entry(&self) -> Option<DocId> {
+        match self {
+            LocalOp::Edit { id, .. }
+            | LocalOp::EditBinary { id, .. }
+            | LocalOp::Move { id, .. }
+            | LocalOp::Delete { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
     /// The paths the change is about.
     pub fn paths(&self) -> Vec<String> {
         match self {

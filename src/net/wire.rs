@@ -20,6 +20,7 @@
 //!   BlobMeta{hash, size, cvs}  its size and the chaining value of every group
 //!   BlobData{hash, group, ..}  one group's bytes, checked against its chaining value
 //!   BlobNone{hash}             "I cannot serve that" (ask someone else)
+//!   Locks{entry -> lease}      the sender's advisory locks, renewed while it runs
 //! ```
 
 use anyhow::{Context, Result, bail};
@@ -117,6 +118,11 @@ pub enum Frame {
         group: u64,
         /// Its bytes.
         data: Vec<u8>,
+    },
+    /// Advisory locks the sender holds (or releases), each with its lease.
+    Locks {
+        /// Entry id and milliseconds the lock holds from receipt; 0 releases it.
+        locks: Vec<(DocId, u64)>,
     },
     /// The sender cannot serve this content (it does not have it, or it changed).
     BlobNone {
