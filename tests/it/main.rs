@@ -9,6 +9,7 @@
 
 mod auth;
 mod harness;
+mod ignore;
 mod races;
 mod scenarios;
 mod sync;
