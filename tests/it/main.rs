@@ -9,6 +9,7 @@
 
 mod auth;
 mod harness;
+mod ignore;
 mod locks;
 mod races;
 mod scenarios;
