@@ -357,7 +357,11 @@ fn command(
                 println!("no locks");
             }
             for l in list {
-                let who = if l["me"].as_bool() == Some(true) { "this node" } else { l["name"].as_str().unwrap_or("") };
+                let who = if l["me"].as_bool() == Some(true) {
+                    "this node"
+                } else {
+                    l["name"].as_str().unwrap_or("")
+                };
                 println!("{}  locked by {who}", l["path"].as_str().unwrap_or(""));
             }
         }

@@ -63,7 +63,7 @@ pub struct Filter {
     pub problems: Vec<String>,
     /// The rule files read, with their metadata then: a scan checks them first, so a
     /// rule written just before the files it excludes is in force when they are seen.
-    read: Vec<(PathBuf, Option<(u64, i64, i64)>)>,
+    read: Vec<(PathBuf, Option<Fingerprint>)>,
 }
 
 impl Filter {
@@ -194,8 +194,11 @@ impl Filter {
     }
 }
 
-/// Size and modification time of a file (`None`: absent).
-fn fingerprint(path: &Path) -> Option<(u64, i64, i64)> {
+/// Size and modification time (s, ns) of a file.
+type Fingerprint = (u64, i64, i64);
+
+/// The [`Fingerprint`] of a file (`None`: absent).
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
     use std::os::unix::fs::MetadataExt;
     fs::symlink_metadata(path).ok().map(|m| (m.size(), m.mtime(), m.mtime_nsec()))
 }

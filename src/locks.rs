@@ -72,7 +72,12 @@ impl Locks {
 
     /// Locks announced by `from`. Returns whether locks held by others went away (held
     /// changes can go out now) and which of ours we gave up to a concurrent taker.
-    pub fn receive(&mut self, me: EndpointId, from: EndpointId, locks: &[(DocId, u64)]) -> (bool, Vec<DocId>) {
+    pub fn receive(
+        &mut self,
+        me: EndpointId,
+        from: EndpointId,
+        locks: &[(DocId, u64)],
+    ) -> (bool, Vec<DocId>) {
         let mut released = false;
         let mut lost = Vec::new();
         for &(id, lease_ms) in locks {

@@ -144,7 +144,6 @@ fn editing_sync_ignore_takes_effect_live_and_deletes_nothing() {
 }
 
 #[test]
-#[ignore = "bug: a peer keeps the stale content of a file edited remotely while it was ignored"]
 fn a_file_edited_while_ignored_syncs_its_latest_content_once_unignored() {
     let mut expected = one_file(".sync-ignore", "*.log\n");
     put_file(&mut expected, "data.csv", "v1\n");
@@ -273,7 +272,6 @@ fn whitelist_set_while_stopped_applies_on_restart() {
 }
 
 #[test]
-#[ignore = "bug: a peer keeps the stale content of a file edited remotely while it was untracked"]
 fn tracking_a_path_again_brings_its_latest_content() {
     let (a, b) = connected_pair(&one_file("docs/guide.md", "v1\n"));
     b.cli_ok(&["config", b.dir_arg(), "tracking", "whitelist"]);

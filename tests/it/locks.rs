@@ -14,7 +14,8 @@ fn locks(peer: &Peer) -> Vec<(String, String)> {
 }
 
 fn wait_locks(peer: &Peer, expected: &[(&str, &str)]) {
-    let expected: Vec<(String, String)> = expected.iter().map(|(p, n)| (p.to_string(), n.to_string())).collect();
+    let expected: Vec<(String, String)> =
+        expected.iter().map(|(p, n)| (p.to_string(), n.to_string())).collect();
     wait_for(&format!("{} to list locks {expected:?}", peer.name), || {
         let got = locks(peer);
         if got == expected { Ok(()) } else { Err(format!("{got:?}")) }
