@@ -287,6 +287,9 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How long a command waits for a starting process's control socket.
+const SOCKET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How a command's answer is printed.
 #[derive(Clone, Copy)]
 enum Output {
@@ -316,11 +319,22 @@ fn command(
     let result = (|| -> anyhow::Result<Response> {
         let root = dir.canonicalize().map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        if let Some(answer) = rt.block_on(control::call(&root, &req))? {
-            return Ok(answer);
-        }
         let home = Home::resolve(home)?;
-        node::control_offline(home, name.unwrap_or_else(default_name), &root, req)
+        let name = name.unwrap_or_else(default_name);
+        // A process that is starting holds the store before its socket answers: wait
+        // for the socket rather than fail.
+        let give_up = std::time::Instant::now() + SOCKET_WAIT;
+        loop {
+            if let Some(answer) = rt.block_on(control::call(&root, &req))? {
+                return Ok(answer);
+            }
+            match node::control_offline(home.clone(), name.clone(), &root, req.clone()) {
+                Err(e) if e.downcast_ref::<crate::store::InUse>().is_some() && std::time::Instant::now() < give_up => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
     })();
     let value = match result {
         Ok(Ok(v)) => v,

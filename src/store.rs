@@ -168,16 +168,18 @@ fn doc_id(bytes: &[u8]) -> Result<DocId> {
     Ok(DocId(arr))
 }
 
+/// The store is open in another process (the one running the folder).
+#[derive(Debug, thiserror::Error)]
+#[error("{} is in use by another teatime process (one process per folder)", .0.display())]
+pub struct InUse(pub std::path::PathBuf);
+
 impl Store {
     /// Opens (or creates) the database. Fails with a clear message if another teatime
     /// process has it open.
     pub fn open(path: &Path) -> Result<Store> {
         let db = match Database::create(path) {
             Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => anyhow::bail!(
-                "{} is in use by another teatime process (one process per folder)",
-                path.display()
-            ),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(InUse(path.to_path_buf()).into()),
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         };
         let tx = db.begin_write()?;

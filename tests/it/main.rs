@@ -11,6 +11,7 @@ mod auth;
 mod harness;
 mod ignore;
 mod locks;
+mod policy;
 mod races;
 mod scenarios;
 mod sync;
