@@ -10,5 +10,6 @@
 mod auth;
 mod harness;
 mod races;
+mod roles;
 mod scenarios;
 mod sync;
