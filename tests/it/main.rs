@@ -13,5 +13,6 @@ mod ignore;
 mod locks;
 mod policy;
 mod races;
+mod roles;
 mod scenarios;
 mod sync;
