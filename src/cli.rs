@@ -329,7 +329,10 @@ fn command(
                 return Ok(answer);
             }
             match node::control_offline(home.clone(), name.clone(), &root, req.clone()) {
-                Err(e) if e.downcast_ref::<crate::store::InUse>().is_some() && std::time::Instant::now() < give_up => {
+                Err(e)
+                    if e.downcast_ref::<crate::store::InUse>().is_some()
+                        && std::time::Instant::now() < give_up =>
+                {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 other => return other,

@@ -1176,7 +1176,13 @@ impl Replica {
             if let Ok(meta) = std::fs::symlink_metadata(&full) {
                 let keep = backup.join(path);
                 let moved = keep.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
-                    if meta.is_dir() { std::fs::remove_dir(&full) } else { std::fs::rename(&full, &keep) }
+                    // An empty directory goes; one with content (moved or created here) is
+                    // kept aside whole, like a file.
+                    if meta.is_dir() {
+                        std::fs::remove_dir(&full).or_else(|_| std::fs::rename(&full, &keep))
+                    } else {
+                        std::fs::rename(&full, &keep)
+                    }
                 });
                 if let Err(e) = moved {
                     warn!(%path, "could not put back: {e}");

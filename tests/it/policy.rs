@@ -31,7 +31,11 @@ fn changes_a_demoted_member_made_offline_are_refused_by_the_others() {
     wait_for("b to know it is a reader", || {
         let v = b.cli_json(&["peers", b.dir_arg(), "--json"]);
         let role = v.as_array().into_iter().flatten().find(|m| m["name"] == "b").map(|m| m["role"].clone());
-        if role.as_ref().and_then(|r| r.as_str()) == Some("reader") { Ok(()) } else { Err(format!("{role:?}")) }
+        if role.as_ref().and_then(|r| r.as_str()) == Some("reader") {
+            Ok(())
+        } else {
+            Err(format!("{role:?}"))
+        }
     });
     a.write("from-a.md", "after\n");
     wait_until("a's file to reach b", || b.read("from-a.md").is_some());

@@ -367,12 +367,9 @@ fn receive_only_holds_local_changes_until_revert() {
 // ---------------------------------------------------------------------------
 // Directories
 
-/// The refused rename of a non-empty directory leaves the renamed copy on disk: see the
-/// ignore reason.
+/// A refused rename of a non-empty directory: the renamed copy is kept aside whole and
+/// the synced directory comes back.
 #[test]
-#[ignore = "bug: putting back a renamed non-empty directory fails (\"could not put back: Directory \
-            not empty (os error 39)\"); the renamed directory stays beside the restored one until a \
-            full scan (restart, or a second `revert`)"]
 fn reader_directory_rename_is_put_back() {
     let mut expected = one_file("docs/notes.md", "synced\n");
     put_file(&mut expected, "top.md", "top\n");
@@ -391,9 +388,6 @@ fn reader_directory_rename_is_put_back() {
 }
 
 #[test]
-#[ignore = "bug: `revert` of a renamed non-empty directory fails (\"could not put back: Directory not \
-            empty (os error 39)\"), reports \"1 paths put back\", and leaves the renamed directory \
-            beside the restored one until a second `revert`"]
 fn receive_only_revert_puts_back_a_renamed_directory() {
     let mut expected = one_file("docs/notes.md", "synced\n");
     put_file(&mut expected, "top.md", "top\n");
