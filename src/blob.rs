@@ -30,6 +30,8 @@ use teatime_crdt::path::STATE_DIR;
 pub const GROUP: u64 = 1 << 20;
 /// Groups requested at a time per transfer: the most a transfer holds in flight.
 pub const WINDOW: u64 = 8;
+/// Transfers running at once: what is in flight stays within this many windows.
+const MAX_ACTIVE: usize = 4;
 /// A transfer that made no progress for this long asks another peer.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -290,26 +292,40 @@ impl Fetches {
     /// with one of `peers`.
     pub fn assign(&mut self, peers: &[EndpointId]) -> Vec<(EndpointId, crate::net::wire::Frame)> {
         let mut out = Vec::new();
+        let mut running =
+            self.active.values().filter(|f| f.source.is_some_and(|s| peers.contains(&s))).count();
         for (hash, f) in &mut self.active {
             let stalled = f.source.is_some() && f.progress_at.elapsed() > STALL;
             if stalled {
                 f.refused.extend(f.source.take());
+                running -= 1;
             }
             if f.source.is_some_and(|s| peers.contains(&s)) {
                 continue;
             }
+            f.source = None;
+            if running >= MAX_ACTIVE {
+                continue;
+            }
             if peers.iter().all(|p| f.refused.contains(p)) {
                 f.refused.clear(); // everyone was tried: start over (content may have arrived)
-                f.source = None;
                 continue;
             }
             let Some(peer) = peers.iter().find(|p| !f.refused.contains(*p)).copied() else { continue };
+            running += 1;
             f.source = Some(peer);
             f.progress_at = Instant::now();
-            // Always fetch the CVs again: they verify what the partial file holds.
+            // The CVs come first: they also verify what a partial file already holds.
+            // With nothing received yet, the first window is asked for at once.
             f.cvs = None;
-            f.asked = f.have;
-            out.push((peer, crate::net::wire::Frame::BlobGet { hash: *hash, from: 0, count: 0, meta: true }));
+            let partial = fs::metadata(self.blobs.partial(hash)).map_or(0, |m| m.len());
+            let count = if partial == 0 { WINDOW.min(groups(f.size)) } else { 0 };
+            f.have = 0;
+            f.asked = count;
+            out.push((
+                peer,
+                crate::net::wire::Frame::BlobGet { hash: *hash, from: 0, count: count as u32, meta: true },
+            ));
         }
         out
     }
@@ -371,7 +387,8 @@ impl Fetches {
         file.set_len((have * GROUP).min(size))?;
         f.cvs = Some(cvs);
         f.have = have;
-        f.asked = have;
+        // Groups already asked for along with the CVs are on their way.
+        f.asked = f.asked.max(have);
         f.progress_at = Instant::now();
         if have == groups(size) {
             return self.finish(hash);

@@ -57,6 +57,9 @@ pub struct NodeOptions {
     pub name: String,
 }
 
+/// How long starting waits for a command that has the folder's store open to finish.
+const STORE_WAIT: Duration = Duration::from_secs(5);
+
 /// Bound on waiting for the endpoint to be reachable before printing a ticket (internet
 /// mode; iroh's `online()` waits forever when offline).
 const ONLINE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,7 +105,7 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
         bail!("{} is not a teatime folder yet: run `teatime share` or `teatime join` first", root.display());
     }
     std::fs::create_dir_all(&state_dir)?;
-    let store = Store::open(&state_dir.join("state.redb"))?;
+    let store = Store::open_patiently(&state_dir.join("state.redb"), STORE_WAIT)?;
 
     let home = Home::open(opts.home.clone())?;
     let key = home.secret_key()?;

@@ -174,6 +174,21 @@ fn doc_id(bytes: &[u8]) -> Result<DocId> {
 pub struct InUse(pub std::path::PathBuf);
 
 impl Store {
+    /// Opens the database, waiting up to `patience` while another process holds it (a
+    /// command run against a stopped folder holds it for a moment; a running folder
+    /// holds it for good, and the error says so).
+    pub fn open_patiently(path: &Path, patience: std::time::Duration) -> Result<Store> {
+        let give_up = std::time::Instant::now() + patience;
+        loop {
+            match Store::open(path) {
+                Err(e) if e.downcast_ref::<InUse>().is_some() && std::time::Instant::now() < give_up => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Opens (or creates) the database. Fails with a clear message if another teatime
     /// process has it open.
     pub fn open(path: &Path) -> Result<Store> {
