@@ -603,6 +603,10 @@ mod tests {
         }
     }
 
+    fn scan_all(root: &Path, index: &Index, new_id: &mut dyn FnMut() -> DocId) -> Reconciled {
+        reconcile(root, index, &Scope::All, &Filter::load(root, None), DEFAULT_TEXT_LIMIT_BYTES, new_id)
+    }
+
     #[test]
     fn create_edit_move_delete_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
@@ -614,41 +618,20 @@ mod tests {
         fs::write(root.join("x.swp"), "swap").unwrap();
         let mut new_id = ids();
         let mut index = Index::new();
-        let r = reconcile(
-            root,
-            &index,
-            &Scope::All,
-            &Filter::load(root, None),
-            DEFAULT_TEXT_LIMIT_BYTES,
-            &mut new_id,
-        );
+        let r = scan_all(root, &index, &mut new_id);
         assert_eq!(r.ops.len(), 5, "{:?}", r.ops);
         assert!(r.ops.iter().any(|op| matches!(op, LocalOp::CreateBinary { path, .. } if path == "bin")));
         apply(&mut index, &r.ops);
 
         // Nothing changed: nothing to do (files written this instant are "racy" and get
         // re-read, which at most refreshes their metadata).
-        let r = reconcile(
-            root,
-            &index,
-            &Scope::All,
-            &Filter::load(root, None),
-            DEFAULT_TEXT_LIMIT_BYTES,
-            &mut new_id,
-        );
+        let r = scan_all(root, &index, &mut new_id);
         assert!(r.ops.iter().all(|op| matches!(op, LocalOp::Touch { .. })), "{:?}", r.ops);
         apply(&mut index, &r.ops);
         for e in index.values_mut() {
             e.racy = false;
         }
-        let r = reconcile(
-            root,
-            &index,
-            &Scope::All,
-            &Filter::load(root, None),
-            DEFAULT_TEXT_LIMIT_BYTES,
-            &mut new_id,
-        );
+        let r = scan_all(root, &index, &mut new_id);
         assert!(r.ops.is_empty(), "{:?}", r.ops);
 
         // Directory rename: one move, children follow.
@@ -656,14 +639,7 @@ mod tests {
         // Atomic save of b.md: new inode at the same path is an edit.
         fs::write(root.join("b.tmp2"), "two!").unwrap();
         fs::rename(root.join("b.tmp2"), root.join("b.md")).unwrap();
-        let r = reconcile(
-            root,
-            &index,
-            &Scope::All,
-            &Filter::load(root, None),
-            DEFAULT_TEXT_LIMIT_BYTES,
-            &mut new_id,
-        );
+        let r = scan_all(root, &index, &mut new_id);
         assert!(
             matches!(&r.ops[0], LocalOp::Move { from, to, .. } if from == "d" && to == "e"),
             "{:?}",
@@ -682,7 +658,7 @@ mod tests {
             root,
             &index,
             &Scope::Paths(["e".to_string()].into()),
-            &Filter::load(root, None),
+            &Filter::default(),
             DEFAULT_TEXT_LIMIT_BYTES,
             &mut new_id,
         );
