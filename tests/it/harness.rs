@@ -735,3 +735,14 @@ pub fn settle(peers: &[&Peer], expected: &mut Tree) {
     wait_converged_to(peers, expected);
     assert_trees(peers, expected);
 }
+
+impl Peer {
+    /// The running process's peak resident set size (`VmHWM` in `/proc/PID/status`), in
+    /// KiB; `None` when the peer is not running or the kernel does not say.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let value = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?;
+        value.trim().strip_suffix("kB")?.trim().parse().ok()
+    }
+}

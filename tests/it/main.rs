@@ -8,6 +8,7 @@
 #![cfg(unix)]
 
 mod auth;
+mod binary;
 mod harness;
 mod ignore;
 mod locks;
