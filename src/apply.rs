@@ -281,22 +281,11 @@ fn write_file(
     id: DocId,
     content: Content,
 ) -> io::Result<()> {
-    let (hash, source, heads, binary, losers) = match &content.body {
-        Body::Text { text, heads } => (
-            *blake3::hash(text.as_bytes()).as_bytes(),
-            Source::Bytes(text.as_bytes()),
-            heads.clone(),
-            false,
-            &[][..],
-        ),
-        Body::Blob { hash, source, losers } => {
-            let source = match source {
-                Some(p) => Source::File(p),
-                None if *hash == *blake3::hash(b"").as_bytes() => Source::Bytes(b""),
-                None => return Ok(()), // not here yet: written once it has arrived
-            };
-            (*hash, source, vec![], true, &losers[..])
+    let (hash, heads, binary, losers) = match &content.body {
+        Body::Text { text, heads } => {
+            (*blake3::hash(text.as_bytes()).as_bytes(), heads.clone(), false, &[][..])
         }
+        Body::Blob { hash, losers, .. } => (*hash, vec![], true, &losers[..]),
     };
     let recorded = index.get(path).filter(|e| e.id == id).cloned();
     if let Some(e) = recorded.as_ref().filter(|e| e.hash == hash) {
@@ -314,6 +303,12 @@ fn write_file(
         }
         return Ok(());
     }
+    let source = match &content.body {
+        Body::Text { text, .. } => Source::Bytes(text.as_bytes()),
+        Body::Blob { source: Some(p), .. } => Source::File(p),
+        Body::Blob { hash, .. } if *hash == *blake3::hash(b"").as_bytes() => Source::Bytes(b""),
+        Body::Blob { .. } => return Ok(()), // not here yet: written once it has arrived
+    };
     check_parents(root, path)?;
     let full = root.join(path);
     let mode = match fs::symlink_metadata(&full) {

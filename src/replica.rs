@@ -174,6 +174,8 @@ pub struct Replica {
     held: BTreeSet<String>,
     /// Advisory locks.
     locks: Locks,
+    /// Whether executable bits were synced at the last flush.
+    exec_was_synced: bool,
     // Work accumulated since the last flush.
     dirty: BTreeSet<DocId>,
     remote_changed: HashSet<DocId>,
@@ -295,7 +297,9 @@ impl Replica {
         let filter = Filter::load(&root, local::tracked(&store)?);
         let fetches = Fetches::new(&root);
         let locks = Locks::new(local::locks(&store)?);
+        let exec_was_synced = folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on");
         Ok(Replica {
+            exec_was_synced,
             locks,
             held: BTreeSet::new(),
             fetches,
@@ -348,6 +352,11 @@ impl Replica {
         // and races with what peers did meanwhile are seen as races.
         self.hint(Scope::All);
         self.scan_pending();
+        if self.folder.is_ready() {
+            // Whatever the disk lacks (binary content a killed process was still
+            // receiving, a write that failed) is looked for now, not at the next change.
+            self.remote_changed.insert(self.id.folder);
+        }
         self.flush();
         loop {
             // A joiner keeps hints until the folder document arrives (a frame wakes it).
@@ -1452,6 +1461,27 @@ impl Replica {
         Ok(())
     }
 
+    /// When the folder starts syncing executable bits, the bits users set meanwhile are
+    /// published first: turning the setting on must not strip them.
+    fn exec_setting_changes(&mut self) {
+        let now = self.folder.is_ready() && self.exec_synced();
+        if now && !self.exec_was_synced {
+            let set: Vec<DocId> = self
+                .index
+                .values()
+                .filter(|e| e.kind == EntryKind::File && e.stat.is_exec())
+                .map(|e| e.id)
+                .collect();
+            for id in set {
+                if self.folder.entry(id).is_some_and(|e| !e.exec) && self.folder.set_exec(id, true).is_ok() {
+                    self.dirty.insert(self.id.folder);
+                }
+            }
+            self.folder.commit();
+        }
+        self.exec_was_synced = now;
+    }
+
     fn exec_synced(&self) -> bool {
         self.folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on")
     }
@@ -1483,6 +1513,7 @@ impl Replica {
     /// Persist, materialise, persist the index, broadcast (see the module docs).
     fn flush(&mut self) {
         self.tick_locks();
+        self.exec_setting_changes();
         let mut to_send: BTreeSet<DocId> = BTreeSet::new();
         for round in 0..MAX_MATERIALIZE_ROUNDS {
             self.persist_docs(&mut to_send);

@@ -112,6 +112,10 @@ pub fn stat_of(meta: &fs::Metadata) -> Stat {
     }
 }
 
+/// Why a symlink, socket, FIFO or device is not synced (one text, so it is reported once
+/// however it was found).
+const SPECIAL_FILE: &str = "symlink or special file (never followed, never synced)";
+
 /// Something teatime saw but does not sync, reported once per path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
@@ -150,9 +154,7 @@ pub fn walk(root: &Path, scope: &Scope, filter: &Filter, skipped: &mut Vec<Skipp
                             walk_dir(root, rel, filter, &mut out, skipped);
                         }
                     }
-                    None => {
-                        skipped.push(Skipped { path: rel.clone(), reason: "not a regular file or directory" })
-                    }
+                    None => skipped.push(Skipped { path: rel.clone(), reason: SPECIAL_FILE }),
                 }
             }
         }
@@ -186,7 +188,7 @@ fn walk_dir(root: &Path, rel: &str, filter: &Filter, out: &mut Walked, skipped: 
                     walk_dir(root, &child, filter, out, skipped);
                 }
             }
-            None => skipped.push(Skipped { path: child, reason: "symlink or special file (never followed)" }),
+            None => skipped.push(Skipped { path: child, reason: SPECIAL_FILE }),
         }
     }
 }
