@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use iroh::RelayUrl;
 
 use crate::control::{self, Request, Response};
+use crate::daemon::DaemonRequest;
 use crate::home::{Home, default_name};
 use crate::net::endpoint::NetworkMode;
 use crate::node::{self, NodeOptions, Start};
@@ -50,6 +51,19 @@ enum Command {
     },
     /// Resume syncing a folder shared or joined before.
     Sync {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// Run every folder registered in the home, headless (an always-on peer). While it
+    /// runs, share/join/sync/unshare hand folders to it and return at once.
+    Daemon {
+        /// Append logs to this file instead of stderr.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
+    },
+    /// Stop syncing a folder and forget it; its files (and its .teatime state, for a
+    /// later `sync`) are left untouched.
+    Unshare {
         /// The folder.
         dir: PathBuf,
     },
@@ -177,9 +191,15 @@ enum PeersAction {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Validate input before touching anything: a bad ticket creates nothing on disk.
+    let mut log_file = None;
     let (dir, start) = match cli.command {
-        Command::Share { dir } => (dir, Start::Share),
-        Command::Sync { dir } => (dir, Start::Sync),
+        Command::Share { dir } => (dir, Some(Start::Share)),
+        Command::Sync { dir } => (dir, Some(Start::Sync)),
+        Command::Daemon { log_file: file } => {
+            log_file = file;
+            (PathBuf::new(), None)
+        }
+        Command::Unshare { dir } => return unshare(cli.home, &dir),
         Command::Config { dir, key, value } => {
             if !control::SETTINGS.iter().any(|(k, _, _)| *k == key) {
                 eprintln!("error: unknown setting {key:?}; known settings:");
@@ -250,14 +270,13 @@ pub fn main() -> ExitCode {
             return command(cli.home, cli.name, &dir, Request::Resolve { id, keep }, Output::Plain);
         }
         Command::Join { ticket, dir } => match Ticket::decode(&ticket) {
-            Ok(t) => (dir, Start::Join(t)),
+            Ok(t) => (dir, Some(Start::Join(t))),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
         },
     };
-    init_logging();
     let home = match Home::resolve(cli.home) {
         Ok(h) => h,
         Err(e) => {
@@ -265,6 +284,20 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(req) = start.as_ref().map(|start| daemon_request(&dir, start)) {
+        match hand_to_daemon(&home, &req) {
+            Ok(Some(code)) => return code,
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Err(e) = init_logging(log_file.as_deref()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let opts = NodeOptions {
         home,
         network: cli.network,
@@ -278,7 +311,11 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(node::run(opts, &dir, start)) {
+    let result = match start {
+        Some(start) => rt.block_on(node::run(opts, &dir, start)),
+        None => rt.block_on(crate::daemon::run(opts)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -448,9 +485,81 @@ fn folder_relative(dir: &Path, paths: &[String]) -> Result<Vec<String>, String> 
     Ok(out)
 }
 
-fn init_logging() {
+fn init_logging(file: Option<&Path>) -> anyhow::Result<()> {
+    use anyhow::Context;
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,iroh=error,teatime=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the log file {}", path.display()))?;
+            builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+/// The daemon request that does what `start` would do in the foreground.
+fn daemon_request(dir: &Path, start: &Start) -> DaemonRequest {
+    // The daemon resolves paths itself, from its own working directory: send it an
+    // absolute one.
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match start {
+        Start::Share => DaemonRequest::Share(dir),
+        Start::Sync => DaemonRequest::Sync(dir),
+        Start::Join(t) => DaemonRequest::Join { ticket: t.encode(), dir },
+    }
+}
+
+/// Sends `req` to the home's daemon, if one runs, and prints its answer: `None` when no
+/// daemon runs.
+fn hand_to_daemon(home: &Path, req: &DaemonRequest) -> anyhow::Result<Option<ExitCode>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let Some(answer) = rt.block_on(control::call_socket(&crate::daemon::socket_path(home), req))? else {
+        return Ok(None);
+    };
+    Ok(Some(match answer {
+        Ok(v) => {
+            if let Some(ticket) = v["ticket"].as_str() {
+                println!("{ticket}");
+            }
+            eprintln!("the daemon now syncs {}", v["folder"].as_str().unwrap_or(""));
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+    }))
+}
+
+/// `teatime unshare`: through the daemon if one runs, else straight in the registry.
+fn unshare(home: Option<PathBuf>, dir: &Path) -> ExitCode {
+    let result = (|| -> anyhow::Result<Option<ExitCode>> {
+        let home = Home::resolve(home)?;
+        let root = dir.canonicalize().map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        if let Some(code) = hand_to_daemon(&home, &DaemonRequest::Unshare(root.clone()))? {
+            return Ok(Some(code));
+        }
+        let home = Home::open(home)?;
+        if !home.unregister_folder(&root)? {
+            anyhow::bail!("{} is not a shared folder of this home", root.display());
+        }
+        eprintln!("{} is no longer synced (its files are untouched)", root.display());
+        Ok(None)
+    })();
+    match result {
+        Ok(Some(code)) => code,
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -147,14 +147,20 @@ async fn answer(stream: UnixStream, inbox: mpsc::Sender<Event>) -> Result<()> {
 /// Sends a request to the process running the folder at `root`; `Ok(None)` when no
 /// process runs it.
 pub async fn call(root: &Path, req: &Request) -> Result<Option<Response>> {
-    let stream = match UnixStream::connect(socket_path(root)).await {
+    call_socket(&socket_path(root), req).await
+}
+
+/// Sends one JSON request line to the socket at `path` and reads one answer line;
+/// `Ok(None)` when nobody listens there.
+pub async fn call_socket(path: &Path, req: &impl Serialize) -> Result<Option<Response>> {
+    let stream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e)
             if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
         {
             return Ok(None);
         }
-        Err(e) => return Err(e).context("connecting to the running folder"),
+        Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
     };
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_string(req)?;
@@ -162,5 +168,5 @@ pub async fn call(root: &Path, req: &Request) -> Result<Option<Response>> {
     write.write_all(line.as_bytes()).await?;
     let mut answer = String::new();
     BufReader::new(read).read_line(&mut answer).await?;
-    Ok(Some(serde_json::from_str(&answer).context("malformed answer from the running folder")?))
+    Ok(Some(serde_json::from_str(&answer).context("malformed answer")?))
 }

@@ -68,6 +68,51 @@ impl Home {
         let _ = fs::write(self.dir.join("port"), port.to_string());
     }
 
+    /// The registered folders.
+    pub fn folders(&self) -> Vec<PathBuf> {
+        fs::read_to_string(self.dir.join("folders"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    /// Refuses a folder inside another registered folder, or holding one: the inner
+    /// one's files would be synced twice, by two folders with different peers.
+    pub fn check_not_nested(&self, root: &Path) -> Result<()> {
+        for other in self.folders() {
+            if other == root {
+                continue;
+            }
+            if root.starts_with(&other) {
+                anyhow::bail!("{} is inside the shared folder {}", root.display(), other.display());
+            }
+            if other.starts_with(root) {
+                anyhow::bail!("{} holds the shared folder {}", root.display(), other.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a folder from the registry.
+    pub fn unregister_folder(&self, folder: &Path) -> Result<bool> {
+        let path = self.dir.join("folders");
+        let all = self.folders();
+        let kept: Vec<&PathBuf> = all.iter().filter(|f| f.as_path() != folder).collect();
+        if kept.len() == all.len() {
+            return Ok(false);
+        }
+        let text: String = kept.iter().map(|f| format!("{}\n", f.display())).collect();
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(true)
+    }
+
+    /// The home directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Adds a folder to the registry (idempotent).
     pub fn register_folder(&self, folder: &Path) -> Result<()> {
         let path = self.dir.join("folders");

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod blob;
 pub mod cli;
 pub mod control;
+pub mod daemon;
 pub mod filter;
 pub mod home;
 pub mod local;

@@ -91,97 +91,211 @@ fn write_identity(store: &Store, id: &Identity) -> Result<()> {
     ])
 }
 
-/// Runs one folder until SIGINT/SIGTERM.
-pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
-    if matches!(start, Start::Join(_)) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let root = dir.canonicalize().with_context(|| format!("{} is not a directory", dir.display()))?;
-    if !root.is_dir() {
-        bail!("{} is not a directory", root.display());
-    }
-    let state_dir = root.join(STATE_DIR);
-    if matches!(start, Start::Sync) && !state_dir.is_dir() {
-        bail!("{} is not a teatime folder yet: run `teatime share` or `teatime join` first", root.display());
-    }
-    std::fs::create_dir_all(&state_dir)?;
-    let store = Store::open_patiently(&state_dir.join("state.redb"), STORE_WAIT)?;
+/// A running node: one endpoint, its router, and the folders it syncs.
+pub struct Node {
+    opts: NodeOptions,
+    home: Home,
+    me: iroh::EndpointId,
+    endpoint: iroh::Endpoint,
+    router: Router,
+    hub: Hub,
+    folders: HashMap<PathBuf, RunningFolder>,
+}
 
-    let home = Home::open(opts.home.clone())?;
-    let key = home.secret_key()?;
-    let me = key.public();
+/// One folder being synced by a [`Node`].
+struct RunningFolder {
+    id: DocId,
+    cancel: CancellationToken,
+    replica: std::thread::JoinHandle<Result<()>>,
+    dialer: tokio::task::JoinHandle<()>,
+    _watcher: notify::RecommendedWatcher,
+}
 
-    let mut created = false;
-    let identity = match (read_identity(&store)?, &start) {
-        (Some(id), Start::Join(t)) if id.folder != t.folder => {
+impl Node {
+    /// Binds the endpoint (on the port used last time, if free) and starts accepting.
+    pub async fn start(opts: NodeOptions) -> Result<Node> {
+        let home = Home::open(opts.home.clone())?;
+        let key = home.secret_key()?;
+        let me = key.public();
+        let endpoint = endpoint::bind(opts.network, opts.relay.as_ref(), key, home.last_port()).await?;
+        if let Some(port) = endpoint.bound_sockets().first().map(|s| s.port()) {
+            home.set_last_port(port);
+        }
+        let hub = Hub {
+            endpoint: endpoint.clone(),
+            name: opts.name.clone(),
+            folders: Arc::new(RwLock::new(HashMap::new())),
+        };
+        let router = Router::builder(endpoint.clone()).accept(ALPN, hub.clone()).spawn();
+        Ok(Node { opts, home, me, endpoint, router, hub, folders: HashMap::new() })
+    }
+
+    /// The node's home.
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    /// The folders being synced.
+    pub fn folders(&self) -> impl Iterator<Item = &Path> {
+        self.folders.keys().map(PathBuf::as_path)
+    }
+
+    /// Starts syncing the folder at `dir`. Returns its root and, for `Share`, the ticket.
+    pub async fn open_folder(&mut self, dir: &Path, start: Start) -> Result<(PathBuf, Option<String>)> {
+        if matches!(start, Start::Join(_)) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let root = dir.canonicalize().with_context(|| format!("{} is not a directory", dir.display()))?;
+        if !root.is_dir() {
+            bail!("{} is not a directory", root.display());
+        }
+        if self.folders.contains_key(&root) {
+            if matches!(start, Start::Share) {
+                // Already running here: the ticket is all the caller wants.
+                let id = self.folders[&root].id;
+                let store_ticket = self.ticket_for(&root, id)?;
+                return Ok((root, Some(store_ticket)));
+            }
+            bail!("{} is already being synced", root.display());
+        }
+        self.home.check_not_nested(&root)?;
+        let state_dir = root.join(STATE_DIR);
+        if matches!(start, Start::Sync) && !state_dir.is_dir() {
             bail!(
-                "{} already syncs another folder ({}); join into an empty or new directory",
-                root.display(),
-                id.folder
-            )
+                "{} is not a teatime folder yet: run `teatime share` or `teatime join` first",
+                root.display()
+            );
         }
-        (Some(id), _) => id,
-        (None, Start::Sync) => bail!("{} has no saved folder state; share or join it first", root.display()),
-        (None, Start::Share) => {
-            created = true;
-            let id =
-                Identity { folder: DocId(rand::random()), secret: rand::random(), actor: ActorId::random() };
-            write_identity(&store, &id)?;
-            id
-        }
-        (None, Start::Join(t)) => {
-            let id = Identity { folder: t.folder, secret: t.secret, actor: ActorId::random() };
-            write_identity(&store, &id)?;
-            store.save_peer(&t.addr.id.to_string(), &postcard::to_stdvec(&t.addr)?)?;
-            id
-        }
-    };
-    home.register_folder(&root)?;
+        std::fs::create_dir_all(&state_dir)?;
+        let store = Store::open_patiently(&state_dir.join("state.redb"), STORE_WAIT)?;
 
-    let endpoint = endpoint::bind(opts.network, opts.relay.as_ref(), key, home.last_port()).await?;
-    if let Some(port) = endpoint.bound_sockets().first().map(|s| s.port()) {
-        home.set_last_port(port);
+        let mut created = false;
+        let identity = match (read_identity(&store)?, &start) {
+            (Some(id), Start::Join(t)) if id.folder != t.folder => {
+                bail!(
+                    "{} already syncs another folder ({}); join into an empty or new directory",
+                    root.display(),
+                    id.folder
+                )
+            }
+            (Some(id), _) => id,
+            (None, Start::Sync) => {
+                bail!("{} has no saved folder state; share or join it first", root.display())
+            }
+            (None, Start::Share) => {
+                created = true;
+                let id = Identity {
+                    folder: DocId(rand::random()),
+                    secret: rand::random(),
+                    actor: ActorId::random(),
+                };
+                write_identity(&store, &id)?;
+                id
+            }
+            (None, Start::Join(t)) => {
+                let id = Identity { folder: t.folder, secret: t.secret, actor: ActorId::random() };
+                write_identity(&store, &id)?;
+                store.save_peer(&t.addr.id.to_string(), &postcard::to_stdvec(&t.addr)?)?;
+                id
+            }
+        };
+        self.home.register_folder(&root)?;
+
+        let links = Arc::new(Links::default());
+        let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
+        let (dial_tx, dial_rx) = mpsc::channel(DIAL_QUEUE_CAPACITY);
+        let access = FolderAccess { secret: identity.secret, inbox: inbox_tx.clone(), links };
+        self.hub.folders.write().expect("folders lock").insert(identity.folder, access);
+
+        let ticket = if matches!(start, Start::Share) {
+            if self.opts.network == NetworkMode::Internet
+                && tokio::time::timeout(ONLINE_TIMEOUT, self.endpoint.online()).await.is_err()
+            {
+                warn!("no relay reachable yet; the ticket holds direct addresses only");
+            }
+            Some(self.ticket(&identity))
+        } else {
+            None
+        };
+
+        let folder_id = identity.folder;
+        let mut replica =
+            Replica::open(root.clone(), store, identity, self.me, self.opts.name.clone(), dial_tx.clone())?;
+        if created {
+            replica.create_folder()?;
+        }
+        if let Start::Join(t) = &start {
+            dial_tx.send(t.addr.clone()).await?;
+        }
+        let watcher = crate::watch::start(&root, inbox_tx.clone())?;
+        let cancel = CancellationToken::new();
+        crate::control::serve(&root, inbox_tx, cancel.clone())?;
+        info!(folder = %folder_id.short(), node = %self.me.fmt_short(), "syncing {}", root.display());
+        let replica = {
+            let cancel = cancel.clone();
+            std::thread::Builder::new().name("replica".into()).spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(replica.run(inbox_rx, cancel));
+                anyhow::Ok(())
+            })?
+        };
+        let dialer = tokio::spawn(run_dialer(self.hub.clone(), folder_id, dial_rx, cancel.clone()));
+        self.folders.insert(
+            root.clone(),
+            RunningFolder { id: folder_id, cancel, replica, dialer, _watcher: watcher },
+        );
+        Ok((root, ticket))
     }
-    let links = Arc::new(Links::default());
-    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
-    let (dial_tx, dial_rx) = mpsc::channel(DIAL_QUEUE_CAPACITY);
-    let access = FolderAccess { secret: identity.secret, inbox: inbox_tx.clone(), links };
-    let hub = Hub {
-        endpoint: endpoint.clone(),
-        name: opts.name.clone(),
-        folders: Arc::new(RwLock::new(HashMap::from([(identity.folder, access)]))),
-    };
-    let router = Router::builder(endpoint.clone()).accept(ALPN, hub.clone()).spawn();
 
-    let ticket = if matches!(start, Start::Share) {
-        if opts.network == NetworkMode::Internet
-            && tokio::time::timeout(ONLINE_TIMEOUT, endpoint.online()).await.is_err()
-        {
-            warn!("no relay reachable yet; the ticket holds direct addresses only");
-        }
-        let ticket = Ticket {
+    fn ticket(&self, identity: &Identity) -> String {
+        Ticket {
             folder: identity.folder,
             secret: identity.secret,
-            name: opts.name.clone(),
-            addr: endpoint.addr(),
-        };
-        Some(ticket.encode())
-    } else {
-        None
-    };
+            name: self.opts.name.clone(),
+            addr: self.endpoint.addr(),
+        }
+        .encode()
+    }
 
-    let folder_id = identity.folder;
-    let mut replica = Replica::open(root.clone(), store, identity, me, opts.name.clone(), dial_tx.clone())?;
-    if created {
-        replica.create_folder()?;
+    fn ticket_for(&self, root: &Path, id: DocId) -> Result<String> {
+        let secret = self.hub.folders.read().expect("folders lock").get(&id).map(|f| f.secret);
+        let secret = secret.with_context(|| format!("{} is not running", root.display()))?;
+        Ok(self.ticket(&Identity { folder: id, secret, actor: ActorId::random() }))
     }
-    if let Start::Join(t) = &start {
-        dial_tx.send(t.addr.clone()).await?;
+
+    /// Stops syncing the folder at `root` (its replica finishes its batch and flushes).
+    pub async fn close_folder(&mut self, root: &Path) -> Result<()> {
+        let f =
+            self.folders.remove(root).with_context(|| format!("{} is not being synced", root.display()))?;
+        self.hub.folders.write().expect("folders lock").remove(&f.id);
+        f.cancel.cancel();
+        let _ = tokio::task::spawn_blocking(move || f.replica.join()).await;
+        let _ = f.dialer.await;
+        info!("stopped syncing {}", root.display());
+        Ok(())
     }
-    let _watcher = crate::watch::start(&root, inbox_tx.clone())?;
-    let cancel = CancellationToken::new();
-    crate::control::serve(&root, inbox_tx.clone(), cancel.clone())?;
-    info!(folder = %folder_id.short(), node = %me.fmt_short(), "syncing {}", root.display());
+
+    /// Stops every folder, then the endpoint.
+    pub async fn shutdown(mut self) {
+        let roots: Vec<PathBuf> = self.folders.keys().cloned().collect();
+        for root in roots {
+            let _ = self.close_folder(&root).await;
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.router.shutdown()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, self.endpoint.close()).await;
+    }
+}
+
+/// Runs one folder in the foreground until SIGINT/SIGTERM.
+pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
+    let mut node = Node::start(opts).await?;
+    let (_, ticket) = match node.open_folder(dir, start).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            node.shutdown().await;
+            return Err(e);
+        }
+    };
     // Printed once the folder answers commands: a script that runs `teatime config` as
     // soon as it has the ticket reaches this process, not a locked store.
     if let Some(ticket) = ticket {
@@ -189,25 +303,9 @@ pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
         use std::io::Write;
         std::io::stdout().flush()?;
     }
-
-    let replica_thread = {
-        let cancel = cancel.clone();
-        std::thread::Builder::new().name("replica".into()).spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(replica.run(inbox_rx, cancel));
-            anyhow::Ok(())
-        })?
-    };
-    let dialer = tokio::spawn(run_dialer(hub, folder_id, dial_rx, cancel.clone()));
-
     wait_for_signal().await?;
     info!("shutting down");
-    cancel.cancel();
-    drop(inbox_tx);
-    let _ = tokio::task::spawn_blocking(move || replica_thread.join()).await;
-    let _ = dialer.await;
-    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, router.shutdown()).await;
-    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, endpoint.close()).await;
+    node.shutdown().await;
     Ok(())
 }
 
@@ -235,7 +333,7 @@ pub fn control_offline(
     Ok(response)
 }
 
-async fn wait_for_signal() -> Result<()> {
+pub async fn wait_for_signal() -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

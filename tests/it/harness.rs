@@ -306,6 +306,7 @@ impl Drop for AbsenceWatch {
 // Peers
 
 /// How a run that was expected to finish by itself ended.
+#[derive(Debug)]
 pub struct Finished {
     pub status: ExitStatus,
     pub stdout: String,
@@ -405,6 +406,16 @@ impl Peer {
     pub fn start_join(&mut self, ticket: &str) {
         let dir = self.dir.clone();
         self.spawn(&[OsStr::new("join"), OsStr::new(ticket), dir.as_os_str()]);
+    }
+
+    /// Runs `daemon` on this peer's home (its log goes to the peer's log) and waits until
+    /// its socket answers.
+    pub fn start_daemon(&mut self) {
+        self.spawn(&[OsStr::new("daemon")]);
+        let socket = self.home.join("daemon.sock");
+        wait_until(&format!("{}'s daemon socket", self.name), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
     }
 
     /// Restarts syncing this peer's folder, with no ticket.

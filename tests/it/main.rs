@@ -9,6 +9,7 @@
 
 mod auth;
 mod binary;
+mod daemon;
 mod harness;
 mod ignore;
 mod locks;
