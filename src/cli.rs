@@ -142,6 +142,72 @@ enum Command {
         /// The folder.
         dir: PathBuf,
     },
+    /// A file's history (or the whole folder's), newest first: when, which peer, lines
+    /// added and removed, and whether the change was merged with a concurrent one.
+    Log {
+        /// The folder.
+        dir: PathBuf,
+        /// A file in it (default: every file).
+        path: Option<String>,
+        /// List deleted files (to find one to restore).
+        #[arg(long)]
+        deleted: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a file as it was at a change (a hash prefix from `log`) or a time
+    /// (2026-11-21T14:00:00Z, or 10m / 2h / 3d ago).
+    Show {
+        /// The folder.
+        dir: PathBuf,
+        /// The file.
+        path: String,
+        /// A change or a time.
+        #[arg(long)]
+        at: String,
+    },
+    /// Show what changed in a file between two points (changes, times, or `now`).
+    Diff {
+        /// The folder.
+        dir: PathBuf,
+        /// The file.
+        path: String,
+        /// The older point.
+        a: String,
+        /// The newer point (default: now).
+        #[arg(default_value = "now")]
+        b: String,
+    },
+    /// Bring back a file as it was at a change or a time, as a new change that syncs
+    /// (works for deleted files: `teatime log DIR --deleted` lists them).
+    Restore {
+        /// The folder.
+        dir: PathBuf,
+        /// The file.
+        path: String,
+        /// A change or a time.
+        #[arg(long)]
+        at: String,
+    },
+    /// For each line of a file: the peer and time of the change that last wrote it.
+    Blame {
+        /// The folder.
+        dir: PathBuf,
+        /// The file.
+        path: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Files where concurrent edits were merged, when, and from which peers.
+    Merges {
+        /// The folder.
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// List races waiting for a decision (interactive strategy).
     Conflicts {
         /// The folder.
@@ -250,6 +316,32 @@ pub fn main() -> ExitCode {
         Command::Locks { dir, json } => {
             return command(cli.home, cli.name, &dir, Request::Locks, Output::pick(json, Output::Locks));
         }
+        Command::Log { dir, path, deleted, json } => {
+            let req = Request::Log { path, deleted };
+            let out = if deleted { Output::Deleted } else { Output::Log };
+            return command(cli.home, cli.name, &dir, req, Output::pick(json, out));
+        }
+        Command::Show { dir, path, at } => {
+            return command(cli.home, cli.name, &dir, Request::Show { path, at }, Output::Raw);
+        }
+        Command::Diff { dir, path, a, b } => {
+            return command(cli.home, cli.name, &dir, Request::Diff { path, a, b }, Output::Raw);
+        }
+        Command::Restore { dir, path, at } => {
+            return command(cli.home, cli.name, &dir, Request::Restore { path, at }, Output::Plain);
+        }
+        Command::Blame { dir, path, json } => {
+            return command(
+                cli.home,
+                cli.name,
+                &dir,
+                Request::Blame(path),
+                Output::pick(json, Output::Blame),
+            );
+        }
+        Command::Merges { dir, json } => {
+            return command(cli.home, cli.name, &dir, Request::Merges, Output::pick(json, Output::Merges));
+        }
         Command::Revert { dir } => {
             return command(cli.home, cli.name, &dir, Request::Revert, Output::Plain);
         }
@@ -336,6 +428,12 @@ enum Output {
     Conflicts,
     Tracked,
     Locks,
+    /// The answer is text, printed as it is.
+    Raw,
+    Log,
+    Deleted,
+    Blame,
+    Merges,
 }
 
 impl Output {
@@ -402,6 +500,64 @@ fn command(
                     p["name"].as_str().unwrap_or(""),
                     p["role"].as_str().unwrap_or(""),
                     p["tier"]
+                );
+            }
+        }
+        Output::Raw => print!("{}", value.as_str().unwrap_or("")),
+        Output::Log => {
+            for c in value.as_array().into_iter().flatten() {
+                let merged = if c["merged"].as_bool() == Some(true) {
+                    "  (merged with a concurrent edit)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{}  {}  {:<10} {:<24} +{} -{}{merged}",
+                    &c["change"].as_str().unwrap_or("")[..12.min(c["change"].as_str().unwrap_or("").len())],
+                    c["time"].as_str().unwrap_or(""),
+                    c["peer"].as_str().unwrap_or(""),
+                    c["path"].as_str().unwrap_or(""),
+                    c["added"],
+                    c["removed"],
+                );
+            }
+        }
+        Output::Deleted => {
+            for d in value.as_array().into_iter().flatten() {
+                println!(
+                    "{}  deleted by {} at {}",
+                    d["path"].as_str().unwrap_or(""),
+                    d["deleted_by"].as_str().unwrap_or(""),
+                    d["time"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Output::Blame => {
+            for l in value.as_array().into_iter().flatten() {
+                let change = l["change"].as_str().unwrap_or("");
+                println!(
+                    "{}  {:<10} {}  {}",
+                    &change[..12.min(change.len())],
+                    l["peer"].as_str().unwrap_or(""),
+                    l["time"].as_str().unwrap_or(""),
+                    l["line"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Output::Merges => {
+            let list = value.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no merged concurrent edits");
+            }
+            for m in list {
+                let peers: Vec<&str> =
+                    m["peers"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect();
+                println!(
+                    "{}  {} concurrent changes from {}  last {}",
+                    m["path"].as_str().unwrap_or(""),
+                    m["concurrent_changes"],
+                    peers.join(", "),
+                    m["last_time"].as_str().unwrap_or("")
                 );
             }
         }

@@ -67,6 +67,40 @@ pub enum Request {
     Unlock(String),
     /// The advisory locks in effect.
     Locks,
+    /// A file's changes (or every file's), newest first; with `deleted`, the deleted files.
+    Log {
+        /// The file (folder-relative); `None`: the whole folder.
+        path: Option<String>,
+        /// List deleted files instead.
+        deleted: bool,
+    },
+    /// A file as it was at a change or a time.
+    Show {
+        /// The file.
+        path: String,
+        /// A change hash prefix or a time.
+        at: String,
+    },
+    /// A unified diff between two points of a file's history (`now`: its current text).
+    Diff {
+        /// The file.
+        path: String,
+        /// The older point.
+        a: String,
+        /// The newer point.
+        b: String,
+    },
+    /// Brings a past version back as a new change (also for deleted files).
+    Restore {
+        /// The file.
+        path: String,
+        /// A change hash prefix or a time.
+        at: String,
+    },
+    /// For each line of a file, who last wrote it, and when.
+    Blame(String),
+    /// Files where concurrent edits were merged.
+    Merges,
     /// Pending conflicts.
     Conflicts,
     /// Settles a conflict by keeping one of its options.

@@ -7,7 +7,8 @@
 
 use std::time::Instant;
 
-use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, transaction::Transactable};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc};
 
 use crate::ModelError;
 use crate::text::diff_splices;
@@ -21,14 +22,15 @@ pub struct FileDoc {
 }
 
 impl FileDoc {
-    /// A new file document holding `content`, written by `actor`.
-    pub fn create(actor: ActorId, content: &str) -> Result<Self, ModelError> {
+    /// A new file document holding `content`, written by `actor` at `at_ms` (ms since the
+    /// epoch: the change's time, for history).
+    pub fn create(actor: ActorId, content: &str, at_ms: i64) -> Result<Self, ModelError> {
         let mut doc = AutoCommit::new().with_actor(actor);
         let text = doc.put_object(ROOT, TEXT_KEY, ObjType::Text)?;
         if !content.is_empty() {
             doc.splice_text(&text, 0, 0, content)?;
         }
-        doc.commit();
+        doc.commit_with(CommitOptions::default().with_time(at_ms));
         Ok(FileDoc { doc })
     }
 
@@ -99,6 +101,7 @@ impl FileDoc {
         content: &str,
         base: &[ChangeHash],
         deadline: Instant,
+        at_ms: i64,
     ) -> Result<bool, ModelError> {
         let current = self.doc.get_heads();
         // A change-graph lookup (get_change_by_hash would rebuild each change, O(document));
@@ -110,17 +113,17 @@ impl FileDoc {
                 base.iter().all(|h| self.doc.get_change_by_hash(h).is_some())
             };
         if base == current.as_slice() || !base_known {
-            return self.ingest(content, deadline);
+            return self.ingest(content, deadline, at_ms);
         }
         self.doc.isolate(base);
-        let result = self.ingest(content, deadline);
+        let result = self.ingest(content, deadline, at_ms);
         self.doc.integrate();
         result
     }
 
     /// Makes the document hold `content` by the smallest splices found before
-    /// `deadline`, committed as one change. Returns whether anything changed.
-    pub fn ingest(&mut self, content: &str, deadline: Instant) -> Result<bool, ModelError> {
+    /// `deadline`, committed as one change at `at_ms`. Returns whether anything changed.
+    pub fn ingest(&mut self, content: &str, deadline: Instant, at_ms: i64) -> Result<bool, ModelError> {
         let obj = self.text_obj().ok_or(ModelError::Missing("text"))?;
         let old = self.doc.text(&obj)?;
         let splices = diff_splices(&old, content, deadline);
@@ -130,7 +133,7 @@ impl FileDoc {
         for s in splices.iter().rev() {
             self.doc.splice_text(&obj, s.pos, s.delete as isize, &s.insert)?;
         }
-        self.doc.commit();
+        self.doc.commit_with(CommitOptions::default().with_time(at_ms));
         Ok(true)
     }
 }
@@ -184,7 +187,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(128))]
         #[test]
         fn concurrent_edits_converge_and_keep_markers((n, ops, merge_order) in scenario()) {
-            let mut origin = FileDoc::create(actor(100), "filler one\nfiller two\n").unwrap();
+            let mut origin = FileDoc::create(actor(100), "filler one\nfiller two\n", 0).unwrap();
             let saved = origin.doc_mut().save();
             let mut replicas: Vec<FileDoc> = (0..n)
                 .map(|i| FileDoc::from_doc(AutoCommit::load(&saved).unwrap().with_actor(actor(i as u8))))
@@ -201,7 +204,7 @@ mod tests {
                         let pos = gaps[(at * gaps.len() as f64) as usize % gaps.len()];
                         let marker = format!("<m{k}>");
                         let new: String = chars[..pos].iter().chain(marker.chars().collect::<Vec<_>>().iter()).chain(chars[pos..].iter()).collect();
-                        replicas[replica].ingest(&new, later()).unwrap();
+                        replicas[replica].ingest(&new, later(), 0).unwrap();
                         markers.push(marker);
                     }
                     Op::DeleteFiller { replica, at } => {
@@ -212,7 +215,7 @@ mod tests {
                         let victim = filler[(at * filler.len() as f64) as usize % filler.len()];
                         let mut chars: Vec<char> = text.chars().collect();
                         chars.remove(victim);
-                        replicas[replica].ingest(&chars.into_iter().collect::<String>(), later()).unwrap();
+                        replicas[replica].ingest(&chars.into_iter().collect::<String>(), later(), 0).unwrap();
                     }
                     Op::Merge { from, to } if from != to => {
                         let mut src = replicas[from].doc_mut().fork();
@@ -258,23 +261,23 @@ mod tests {
 
     #[test]
     fn an_edit_made_against_an_old_version_keeps_the_newer_changes() {
-        let mut a = FileDoc::create(actor(1), "one\ntwo\nthree\n").unwrap();
+        let mut a = FileDoc::create(actor(1), "one\ntwo\nthree\n", 0).unwrap();
         let base = a.heads();
         let mut b = FileDoc::from_doc(AutoCommit::load(&a.doc_mut().save()).unwrap().with_actor(actor(2)));
-        b.ingest("ONE\ntwo\nthree\n", later()).unwrap();
+        b.ingest("ONE\ntwo\nthree\n", later(), 0).unwrap();
         a.doc_mut().merge(b.doc_mut()).unwrap();
         // The file on disk still derives from `base`: its author changed line three.
-        assert!(a.ingest_from("one\ntwo\nTHREE\n", &base, later()).unwrap());
+        assert!(a.ingest_from("one\ntwo\nTHREE\n", &base, later(), 0).unwrap());
         assert_eq!(a.text().unwrap(), "ONE\ntwo\nTHREE\n");
         // And further edits continue normally from the merged state.
         let now = a.heads();
-        a.ingest_from("ONE\ntwo\nTHREE\nfour\n", &now, later()).unwrap();
+        a.ingest_from("ONE\ntwo\nTHREE\nfour\n", &now, later(), 0).unwrap();
         assert_eq!(a.text().unwrap(), "ONE\ntwo\nTHREE\nfour\n");
     }
 
     #[test]
     fn empty_doc_is_not_ready_until_synced() {
-        let mut a = FileDoc::create(actor(1), "hi").unwrap();
+        let mut a = FileDoc::create(actor(1), "hi", 0).unwrap();
         let mut b = FileDoc::from_doc(AutoCommit::new().with_actor(actor(2)));
         assert!(!b.is_ready());
         b.doc_mut().load_incremental(&a.doc_mut().save()).unwrap();

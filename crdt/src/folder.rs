@@ -320,6 +320,12 @@ impl FolderDoc {
         self.doc.commit();
     }
 
+    /// Closes the pending transaction into one change made at `at_ms` (ms since the
+    /// epoch, for history).
+    pub fn commit_at(&mut self, at_ms: i64) {
+        self.doc.commit_with(automerge::transaction::CommitOptions::default().with_time(at_ms));
+    }
+
     /// Whether the owner's initial change has arrived (a joiner starts empty).
     pub fn is_ready(&self) -> bool {
         self.map(ENTRIES).is_some()

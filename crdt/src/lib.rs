@@ -24,6 +24,7 @@
 
 pub mod file;
 pub mod folder;
+pub mod history;
 pub mod ids;
 pub mod path;
 pub mod text;

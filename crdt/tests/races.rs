@@ -154,7 +154,7 @@ fn run(n: usize, strategy: Strategy, ops: &[Op], order: &[usize]) -> Result<(), 
                 let stamp = reps[r].stamp();
                 let kind = if dir { EntryKind::Dir } else { EntryKind::File };
                 if !dir {
-                    let doc = FileDoc::create(reps[r].actor.clone(), &format!("file {k}\n")).unwrap();
+                    let doc = FileDoc::create(reps[r].actor.clone(), &format!("file {k}\n"), 0).unwrap();
                     reps[r].files.get_mut().insert(id, doc);
                 }
                 reps[r].folder.create_entry(id, parent, NAMES[name], kind, &stamp).unwrap();
@@ -216,7 +216,7 @@ fn run(n: usize, strategy: Strategy, ops: &[Op], order: &[usize]) -> Result<(), 
                 let mut map = reps[r].files.borrow_mut();
                 let f = map.get_mut(&id).unwrap();
                 let text = f.text().unwrap();
-                f.ingest(&format!("{text}<m{k}>\n"), later()).unwrap();
+                f.ingest(&format!("{text}<m{k}>\n"), later(), 0).unwrap();
             }
             Op::Merge { from, to } if from != to => {
                 let (a, b) = two(&mut reps, from, to);

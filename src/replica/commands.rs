@@ -71,6 +71,19 @@ impl Replica {
                 return Ok(json!("ok"));
             }
             Request::Locks => return Ok(json!(self.lock_list())),
+            Request::Log { deleted: true, .. } => return Ok(self.deleted()),
+            Request::Log { path, .. } => return self.log(path.as_deref()),
+            Request::Show { path, at } => return self.show(&path, &at),
+            Request::Diff { path, a, b } => return self.diff(&path, &a, &b),
+            Request::Blame(path) => return self.blame(&path),
+            Request::Merges => return Ok(self.merges()),
+            Request::Restore { path, at } => {
+                if !self.my_role().writes_tree() && self.my_role() != Role::Editor {
+                    return Err("a reader cannot restore files".into());
+                }
+                self.restore(&path, &at)?;
+                return Ok(json!("ok"));
+            }
             Request::Revert => {
                 let n = self.revert();
                 return Ok(json!(format!("{n} paths put back")));
@@ -87,7 +100,7 @@ impl Replica {
             }
         };
         if changed {
-            self.folder.commit();
+            self.folder.commit_at(now_ms() as i64);
             self.dirty.insert(self.id.folder);
             // The tree may change here too (strategy, tiers, a resolution): re-render.
             self.remote_changed.insert(self.id.folder);

@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 
 mod binary;
 mod commands;
+mod history;
 mod locking;
 mod roles;
 
@@ -501,7 +502,7 @@ impl Replica {
         {
             info!(peer = %peer.fmt_short(), %name, "new member joined");
             if self.folder.add_member(&peer.to_string(), &name, "writer").is_ok() {
-                self.folder.commit();
+                self.folder.commit_at(now_ms() as i64);
                 self.dirty.insert(self.id.folder);
             }
         }
@@ -669,7 +670,7 @@ impl Replica {
             return;
         }
         debug!(doc = %doc.short(), "same change made on two peers: keeping it once");
-        if let Err(e) = file.ingest(pre, Instant::now() + INGEST_BUDGET) {
+        if let Err(e) = file.ingest(pre, Instant::now() + INGEST_BUDGET, now_ms() as i64) {
             warn!(doc = %doc.short(), "could not merge a doubly applied change: {e}");
         }
     }
@@ -749,7 +750,7 @@ impl Replica {
         if self.folder.actor_member(&self.id.actor).as_deref() != Some(me.as_str())
             && self.folder.bind_actor(&self.id.actor, &me).is_ok()
         {
-            self.folder.commit();
+            self.folder.commit_at(now_ms() as i64);
             self.dirty.insert(self.id.folder);
         }
     }
@@ -816,7 +817,7 @@ impl Replica {
                 warn!("could not record a local change: {e:#}");
             }
         }
-        self.folder.commit();
+        self.folder.commit_at(now_ms() as i64);
         if scope == Scope::All {
             self.held = held;
         } else {
@@ -929,7 +930,7 @@ impl Replica {
                 self.set_index(path, entry);
             }
             LocalOp::CreateFile { id, path, content, stat, hash } => {
-                let mut file = FileDoc::create(self.id.actor.clone(), &content)?;
+                let mut file = FileDoc::create(self.id.actor.clone(), &content, now_ms() as i64)?;
                 let heads = hashes(&file.heads());
                 self.files.insert(id, file);
                 let parent = self.parent_id(&path);
@@ -969,7 +970,7 @@ impl Replica {
                 self.record_exec(id, old, stat)?;
                 let file = self.files.get_mut(&id).context("edited file has no document")?;
                 let merged_with_remote = base != file.heads();
-                if file.ingest_from(&content, &base, Instant::now() + INGEST_BUDGET)? {
+                if file.ingest_from(&content, &base, Instant::now() + INGEST_BUDGET, now_ms() as i64)? {
                     self.dirty.insert(id);
                 }
                 let heads = hashes(&file.heads());
@@ -1030,7 +1031,7 @@ impl Replica {
                     self.dirty.insert(self.id.folder);
                 }
             }
-            self.folder.commit();
+            self.folder.commit_at(now_ms() as i64);
         }
         self.exec_was_synced = now;
     }
@@ -1172,7 +1173,7 @@ impl Replica {
             }
         }
         if wrote {
-            self.folder.commit();
+            self.folder.commit_at(now_ms() as i64);
             self.dirty.insert(self.id.folder);
         }
         wrote

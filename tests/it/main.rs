@@ -11,6 +11,7 @@ mod auth;
 mod binary;
 mod daemon;
 mod harness;
+mod history;
 mod ignore;
 mod locks;
 mod policy;
