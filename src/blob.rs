@@ -255,6 +255,11 @@ impl Fetches {
         &self.blobs
     }
 
+    /// Transfers under way: hash, bytes verified so far, size.
+    pub fn progress(&self) -> Vec<(Hash, u64, u64)> {
+        self.active.iter().map(|(h, f)| (*h, (f.have * GROUP).min(f.size), f.size)).collect()
+    }
+
     /// Whether anything is being received.
     pub fn is_empty(&self) -> bool {
         self.active.is_empty()

@@ -208,6 +208,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What each folder is doing: peers (connected since, path, last heard), changes
+    /// waiting and why, transfers, conflicts, errors.
+    Status {
+        /// One folder (default: every folder registered in the home).
+        dir: Option<PathBuf>,
+        /// Machine-readable output (schema: docs/status.schema.json).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop syncing a folder with its peers until `resume` (local changes are still
+    /// recorded, and go out on resume).
+    Pause {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// Sync a paused folder again.
+    Resume {
+        /// The folder.
+        dir: PathBuf,
+    },
     /// List races waiting for a decision (interactive strategy).
     Conflicts {
         /// The folder.
@@ -342,6 +362,12 @@ pub fn main() -> ExitCode {
         Command::Merges { dir, json } => {
             return command(cli.home, cli.name, &dir, Request::Merges, Output::pick(json, Output::Merges));
         }
+        Command::Status { dir: Some(dir), json } => {
+            return command(cli.home, cli.name, &dir, Request::Status, Output::pick(json, Output::Status));
+        }
+        Command::Status { dir: None, json } => return status_all(cli.home, cli.name, json),
+        Command::Pause { dir } => return command(cli.home, cli.name, &dir, Request::Pause, Output::Plain),
+        Command::Resume { dir } => return command(cli.home, cli.name, &dir, Request::Resume, Output::Plain),
         Command::Revert { dir } => {
             return command(cli.home, cli.name, &dir, Request::Revert, Output::Plain);
         }
@@ -430,6 +456,7 @@ enum Output {
     Locks,
     /// The answer is text, printed as it is.
     Raw,
+    Status,
     Log,
     Deleted,
     Blame,
@@ -451,7 +478,15 @@ fn command(
     req: Request,
     output: Output,
 ) -> ExitCode {
-    let result = (|| -> anyhow::Result<Response> {
+    let result = ask(home, name, dir, &req);
+    print_answer(result, output)
+}
+
+/// Sends `req` to the folder at `dir`: through its running process, or on its saved
+/// state when none runs.
+fn ask(home: Option<PathBuf>, name: Option<String>, dir: &Path, req: &Request) -> anyhow::Result<Response> {
+    {
+        let req = req.clone();
         let root = dir.canonicalize().map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let home = Home::resolve(home)?;
@@ -473,7 +508,11 @@ fn command(
                 other => return other,
             }
         }
-    })();
+    }
+}
+
+/// Prints a command's answer; the exit code says how it went.
+fn print_answer(result: anyhow::Result<Response>, output: Output) -> ExitCode {
     let value = match result {
         Ok(Ok(v)) => v,
         Ok(Err(msg)) => {
@@ -494,8 +533,17 @@ fn command(
         Output::Peers => {
             for p in value.as_array().into_iter().flatten() {
                 let me = if p["me"].as_bool() == Some(true) { " (this node)" } else { "" };
+                let link = match p["path"].as_str() {
+                    Some(path) => {
+                        let addrs: Vec<&str> =
+                            p["addrs"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+                        format!("  connected ({path}) {}", addrs.join(" "))
+                    }
+                    None if p["me"].as_bool() == Some(true) => String::new(),
+                    None => "  not connected".to_string(),
+                };
                 println!(
-                    "{}  {}  role={}  tier={}{me}",
+                    "{}  {}  role={}  tier={}{me}{link}",
                     p["id"].as_str().unwrap_or(""),
                     p["name"].as_str().unwrap_or(""),
                     p["role"].as_str().unwrap_or(""),
@@ -504,6 +552,7 @@ fn command(
             }
         }
         Output::Raw => print!("{}", value.as_str().unwrap_or("")),
+        Output::Status => print_status(&value),
         Output::Log => {
             for c in value.as_array().into_iter().flatten() {
                 let merged = if c["merged"].as_bool() == Some(true) {
@@ -600,6 +649,88 @@ fn command(
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `teatime status` with no folder: every folder registered in the home.
+fn status_all(home: Option<PathBuf>, name: Option<String>, json: bool) -> ExitCode {
+    let folders = match Home::resolve(home.clone()).and_then(Home::open) {
+        Ok(h) => h.folders(),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut all = Vec::new();
+    for dir in folders {
+        match ask(home.clone(), name.clone(), &dir, &Request::Status) {
+            Ok(Ok(v)) => all.push(v),
+            Ok(Err(e)) => all.push(serde_json::json!({"folder": dir, "error": e})),
+            Err(e) => all.push(serde_json::json!({"folder": dir, "error": format!("{e:#}")})),
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(all));
+    } else if all.is_empty() {
+        println!("no folders: share or join one first");
+    } else {
+        for v in &all {
+            print_status(v);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_status(v: &serde_json::Value) {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    println!("{}", s(&v["folder"]));
+    if let Some(e) = v["error"].as_str() {
+        println!("  error: {e}");
+        return;
+    }
+    let state = if v["paused"] == true {
+        "paused"
+    } else if v["running"] == true {
+        "syncing"
+    } else {
+        "not running (start it with `teatime sync` or the daemon)"
+    };
+    println!("  {state}; {} files; mode {}; role {}", v["files"], s(&v["mode"]), s(&v["role"]));
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let link = if p["connected"] == true {
+            let path = &p["path"];
+            format!(
+                "connected since {} via {} {}, {} documents to send",
+                s(&p["connected_since"]),
+                s(&path["kind"]),
+                s(&path["addr"]),
+                p["pending_out"]
+            )
+        } else {
+            format!(
+                "not connected ({}); last heard {}",
+                s(&p["waiting_because"]),
+                p["last_heard"].as_str().unwrap_or("never")
+            )
+        };
+        println!("  peer {} ({}): {link}", s(&p["name"]), s(&p["role"]));
+    }
+    for i in v["incoming"].as_array().into_iter().flatten() {
+        println!(
+            "  receiving {}…: {} of {} bytes",
+            &s(&i["blob"])[..12.min(s(&i["blob"]).len())],
+            i["bytes"],
+            i["size"]
+        );
+    }
+    for h in v["held"].as_array().into_iter().flatten() {
+        println!("  held: {} ({})", s(&h["path"]), s(&h["why"]));
+    }
+    if v["conflicts"].as_u64().unwrap_or(0) > 0 {
+        println!("  {} conflicts waiting (`teatime conflicts`)", v["conflicts"]);
+    }
+    for e in v["errors"].as_array().into_iter().flatten() {
+        println!("  error: {}: {}", s(&e["path"]), s(&e["error"]));
+    }
 }
 
 fn usage_error(msg: String) -> ExitCode {

@@ -101,6 +101,12 @@ pub enum Request {
     Blame(String),
     /// Files where concurrent edits were merged.
     Merges,
+    /// What the folder is doing: peers, pending work and why, errors.
+    Status,
+    /// Stops syncing with peers (local changes are still recorded) until `Resume`.
+    Pause,
+    /// Syncs with peers again.
+    Resume,
     /// Pending conflicts.
     Conflicts,
     /// Settles a conflict by keeping one of its options.

@@ -11,6 +11,7 @@ const TRACKING: &str = "tracking";
 const TRACKED: &str = "tracked";
 const MODE: &str = "mode";
 const LOCKS: &str = "locks";
+const PAUSED: &str = "paused";
 
 /// Which paths this peer syncs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,4 +131,14 @@ pub fn locks(store: &Store) -> Result<BTreeSet<teatime_crdt::DocId>> {
 /// Replaces the locks this peer holds.
 pub fn set_locks(store: &Store, locks: &BTreeSet<teatime_crdt::DocId>) -> Result<()> {
     store.set_meta(&[(LOCKS, &serde_json::to_vec(locks)?)])
+}
+
+/// Whether syncing is paused.
+pub fn paused(store: &Store) -> Result<bool> {
+    Ok(text(store, PAUSED)?.as_deref() == Some("yes"))
+}
+
+/// Pauses or resumes syncing.
+pub fn set_paused(store: &Store, paused: bool) -> Result<()> {
+    store.set_meta(&[(PAUSED, if paused { b"yes" } else { b"no" })])
 }

@@ -44,7 +44,19 @@ impl Replica {
                     .folder
                     .members()
                     .into_iter()
-                    .map(|(id, m)| json!({"id": id, "name": m.name, "role": m.role, "tier": m.tier, "me": id == me}))
+                    .map(|(id, m)| {
+                        let link = id.parse::<EndpointId>().ok().and_then(|p| self.peers.get(&p));
+                        let path = link.and_then(|l| {
+                            let paths = l.conn.paths();
+                            let p = paths.iter().find(|p| p.is_selected())?;
+                            Some(if p.is_relay() { "relay" } else { "direct" })
+                        });
+                        let addrs: Vec<String> = link
+                            .map(|l| l.addr.addrs.iter().map(|a| format!("{a:?}")).collect())
+                            .unwrap_or_default();
+                        json!({"id": id, "name": m.name, "role": m.role, "tier": m.tier, "me": id == me,
+                               "connected": link.is_some(), "path": path, "addrs": addrs})
+                    })
                     .collect();
                 return Ok(json!(list));
             }
@@ -83,6 +95,15 @@ impl Replica {
                 }
                 self.restore(&path, &at)?;
                 return Ok(json!("ok"));
+            }
+            Request::Status => return Ok(self.status()),
+            Request::Pause => {
+                self.set_paused(true)?;
+                return Ok(json!("paused"));
+            }
+            Request::Resume => {
+                self.set_paused(false)?;
+                return Ok(json!("syncing"));
             }
             Request::Revert => {
                 let n = self.revert();

@@ -42,6 +42,7 @@ mod commands;
 mod history;
 mod locking;
 mod roles;
+mod status;
 
 use crate::apply::{self, Body, Content, materialize};
 use crate::blob::{self, Fetches, Hash, Hashed, Next};
@@ -132,6 +133,8 @@ pub enum Event {
 struct Link {
     /// When the session started.
     since: Instant,
+    /// The same, by the wall clock (for `status`).
+    since_wall: std::time::SystemTime,
     conn_id: u64,
     dialed_by_me: bool,
     outbox: mpsc::Sender<Frame>,
@@ -182,6 +185,14 @@ pub struct Replica {
     locks: Locks,
     /// Whether executable bits were synced at the last flush.
     exec_was_synced: bool,
+    /// Paused (`teatime pause`): no sessions until resumed.
+    paused: bool,
+    /// Whether the event loop runs (a command on a stopped folder opens it without).
+    running: bool,
+    /// When each peer was last heard from.
+    last_heard: HashMap<EndpointId, std::time::SystemTime>,
+    /// Remote changes that could not be written, by path (for `status`).
+    errors: BTreeMap<String, String>,
     // Work accumulated since the last flush.
     dirty: BTreeSet<DocId>,
     remote_changed: HashSet<DocId>,
@@ -299,7 +310,12 @@ impl Replica {
         let fetches = Fetches::new(&root);
         let locks = Locks::new(local::locks(&store)?);
         let exec_was_synced = folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on");
+        let paused = local::paused(&store)?;
         Ok(Replica {
+            paused,
+            running: false,
+            last_heard: HashMap::new(),
+            errors: BTreeMap::new(),
             exec_was_synced,
             locks,
             held: BTreeSet::new(),
@@ -343,6 +359,7 @@ impl Replica {
 
     /// Processes events until `cancel` or until every sender is gone.
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Event>, cancel: CancellationToken) {
+        self.running = true;
         apply::remove_stale_temp_files(&self.root);
         for (id, addr) in self.known_peer_addrs() {
             debug!(peer = %id.fmt_short(), "reconnecting to known peer");
@@ -457,12 +474,14 @@ impl Replica {
             Event::PeerUp(session) => self.peer_up(session),
             Event::PeerDown { peer, conn_id } => {
                 if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                    self.last_heard.insert(peer, std::time::SystemTime::now());
                     self.peers.remove(&peer);
                     self.fetches.peer_gone(peer);
                 }
             }
             Event::Frame { peer, conn_id, frame } => {
                 if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
+                    self.last_heard.insert(peer, std::time::SystemTime::now());
                     self.frame(peer, frame);
                 }
             }
@@ -474,6 +493,11 @@ impl Replica {
 
     fn peer_up(&mut self, session: Session) {
         let Session { peer, name, addr, conn_id, dialed_by_me, outbox, conn } = session;
+        if self.paused {
+            info!(peer = %peer.fmt_short(), "refusing a session: syncing is paused");
+            conn.close(5u32.into(), b"paused");
+            return;
+        }
         if let Some(existing) = self.peers.get(&peer) {
             // Same dialer: the peer reconnected and the old session is stale (e.g. the
             // peer crashed and QUIC has not timed out yet): the new one wins.
@@ -508,6 +532,7 @@ impl Replica {
         }
         let link = Link {
             since: Instant::now(),
+            since_wall: std::time::SystemTime::now(),
             conn_id,
             dialed_by_me,
             outbox,
@@ -1121,6 +1146,9 @@ impl Replica {
             for (path, kept) in &m.kept_versions {
                 info!(%path, kept = %kept.display(), "a concurrent binary version lost; it is kept");
             }
+            for path in &m.touched {
+                self.errors.remove(path);
+            }
             self.index_touched.extend(m.touched);
             if rules_changed {
                 self.reload_filter();
@@ -1128,6 +1156,7 @@ impl Replica {
             for (path, id, err) in m.errors {
                 // Often transient (a local move not scanned yet): try again shortly.
                 warn!(%path, "could not apply a remote change (will retry): {err}");
+                self.errors.insert(path.clone(), err.to_string());
                 self.schedule_retry([id]);
             }
             if m.local_first.is_empty() {

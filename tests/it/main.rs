@@ -18,4 +18,5 @@ mod policy;
 mod races;
 mod roles;
 mod scenarios;
+mod status;
 mod sync;

@@ -1,0 +1,119 @@
+//! `teatime status` and `pause`/`resume`: what the folder is doing, and why work waits.
+
+use std::time::SystemTime;
+
+use super::history::iso_time;
+use super::*;
+
+fn wall_ms(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Replica {
+    /// Documents `peer` lacks, as far as this replica knows.
+    fn pending_for(&mut self, peer: EndpointId) -> usize {
+        let ours: Vec<(DocId, Vec<ChangeHash>)> = {
+            let mut v = Vec::with_capacity(self.files.len() + 1);
+            if self.folder.is_ready() {
+                v.push((self.id.folder, self.folder.doc_mut().get_heads()));
+            }
+            for (id, f) in &mut self.files {
+                v.push((*id, f.heads()));
+            }
+            v
+        };
+        let Some(link) = self.peers.get(&peer) else { return 0 };
+        ours.iter()
+            .filter(|(id, heads)| link.known.get(id) != Some(heads) || link.backlog.contains(id))
+            .count()
+    }
+
+    /// The folder's state, for `teatime status`.
+    pub(super) fn status(&mut self) -> serde_json::Value {
+        let me = self.me.to_string();
+        let members = self.folder.members();
+        let mut peers = Vec::new();
+        for (id, m) in &members {
+            if *id == me {
+                continue;
+            }
+            let Ok(peer) = id.parse::<EndpointId>() else { continue };
+            let pending = if self.peers.contains_key(&peer) { Some(self.pending_for(peer)) } else { None };
+            let link = self.peers.get(&peer);
+            let path = link.and_then(|l| {
+                let paths = l.conn.paths();
+                let selected = paths.iter().find(|p| p.is_selected())?;
+                Some(json!({
+                    "kind": if selected.is_relay() { "relay" } else { "direct" },
+                    "addr": format!("{:?}", selected.remote_addr()),
+                    "rtt_ms": selected.rtt().as_secs_f64() * 1000.0,
+                }))
+            });
+            let connected_since = link.map(|l| iso_time(wall_ms(l.since_wall)));
+            let why = if self.paused {
+                Some("paused")
+            } else if link.is_none() {
+                Some("peer offline")
+            } else {
+                None
+            };
+            peers.push(json!({
+                "id": id,
+                "name": m.name,
+                "role": m.role,
+                "connected": link.is_some(),
+                "connected_since": connected_since,
+                "last_heard": self.last_heard.get(&peer).map(|t| iso_time(wall_ms(*t))),
+                "path": path,
+                "pending_out": pending,
+                "waiting_because": why,
+            }));
+        }
+        let conflicts = self.conflicts().len();
+        let held: Vec<serde_json::Value> = self
+            .held
+            .iter()
+            .map(|p| {
+                let why = match self.mode() {
+                    Mode::ReceiveOnly => "receive-only: local change not published",
+                    _ => "locked by another peer",
+                };
+                json!({"path": p, "why": why})
+            })
+            .collect();
+        let fetching = self.fetches.progress();
+        json!({
+            "folder": self.root,
+            "running": self.running,
+            "paused": self.paused,
+            "mode": self.mode().as_str(),
+            "role": self.my_role().as_str(),
+            "files": self.index.values().filter(|e| e.kind == EntryKind::File).count(),
+            "peers": peers,
+            "incoming": fetching.iter().map(|(hash, have, size)| json!({
+                "blob": blob::hex(hash), "bytes": have, "size": size,
+            })).collect::<Vec<_>>(),
+            "held": held,
+            "conflicts": conflicts,
+            "errors": self.errors.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// `teatime pause` / `resume`.
+    pub(super) fn set_paused(&mut self, paused: bool) -> Result<(), String> {
+        local::set_paused(&self.store, paused).map_err(|e| format!("{e:#}"))?;
+        self.paused = paused;
+        if paused {
+            for (_, link) in self.peers.drain() {
+                link.conn.close(5u32.into(), b"paused");
+            }
+        } else {
+            // Dial everyone now rather than at the end of their backoff.
+            for (_, addr) in self.known_peer_addrs() {
+                let _ = self.dial.try_send(addr);
+            }
+            self.hint(Scope::All);
+        }
+        Ok(())
+    }
+}
