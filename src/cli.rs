@@ -22,9 +22,9 @@ struct Cli {
     /// Node home: identity key, registry (default: the XDG data dir).
     #[arg(long, env = "TEATIME_HOME", global = true)]
     home: Option<PathBuf>,
-    /// Where to look for peers.
-    #[arg(long, env = "TEATIME_NETWORK", value_enum, default_value = "internet", global = true)]
-    network: NetworkMode,
+    /// Where to look for peers [default: the config file's `network`, else internet].
+    #[arg(long, env = "TEATIME_NETWORK", value_enum, global = true)]
+    network: Option<NetworkMode>,
     /// A self-hosted iroh relay to use instead of the public ones.
     #[arg(long, env = "TEATIME_RELAY", global = true)]
     relay: Option<RelayUrl>,
@@ -416,11 +416,19 @@ pub fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
+    let config = match crate::config::Config::load(&home) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = NodeOptions {
         home,
-        network: cli.network,
-        relay: cli.relay,
+        network: cli.network.or(config.network).unwrap_or(NetworkMode::Internet),
+        relay: cli.relay.or(config.relay.clone()),
         name: cli.name.unwrap_or_else(default_name),
+        tuning: config.tuning(),
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod blob;
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod filter;

@@ -55,6 +55,8 @@ pub struct NodeOptions {
     pub relay: Option<RelayUrl>,
     /// Display name.
     pub name: String,
+    /// Pacing for every folder (from the config file).
+    pub tuning: crate::config::Tuning,
 }
 
 /// How long starting waits for a command that has the folder's store open to finish.
@@ -219,8 +221,15 @@ impl Node {
         };
 
         let folder_id = identity.folder;
-        let mut replica =
-            Replica::open(root.clone(), store, identity, self.me, self.opts.name.clone(), dial_tx.clone())?;
+        let mut replica = Replica::open(
+            root.clone(),
+            store,
+            identity,
+            self.me,
+            self.opts.name.clone(),
+            dial_tx.clone(),
+            self.opts.tuning,
+        )?;
         if created {
             replica.create_folder()?;
         }
@@ -325,9 +334,10 @@ pub fn control_offline(
     }
     let store = Store::open(&state_dir.join("state.redb"))?;
     let identity = read_identity(&store)?.context("the folder has no saved state yet")?;
+    let tuning = crate::config::Config::load(&home)?.tuning();
     let me = Home::open(home)?.secret_key()?.public();
     let (dial_tx, _dial_rx) = mpsc::channel(1);
-    let mut replica = Replica::open(root, store, identity, me, name, dial_tx)?;
+    let mut replica = Replica::open(root, store, identity, me, name, dial_tx, tuning)?;
     let response = replica.control(req);
     replica.flush_now();
     Ok(response)

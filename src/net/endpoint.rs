@@ -10,7 +10,8 @@ use iroh::{Endpoint, RelayMap, RelayMode, RelayUrl, SecretKey};
 use super::wire::ALPN;
 
 /// Where the node may look for peers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// iroh's public relays and DNS discovery, plus direct addresses.
     Internet,

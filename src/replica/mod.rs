@@ -46,6 +46,7 @@ mod status;
 
 use crate::apply::{self, Body, Content, materialize};
 use crate::blob::{self, Fetches, Hash, Hashed, Next};
+use crate::config::Tuning;
 use crate::control::{Request, Response};
 use crate::filter::Filter;
 use crate::local::{self, Mode};
@@ -57,8 +58,6 @@ use crate::store::{Batch, Index, IndexEntry, Stat as Stat_, Store};
 
 /// Events queued for the replica before senders wait.
 pub const INBOX_CAPACITY: usize = 1024;
-/// Quiet time after the last watcher hint before scanning (editors write in bursts).
-pub const DEBOUNCE: Duration = Duration::from_millis(20);
 /// Longest a steady stream of hints can postpone a scan.
 pub const MAX_DEBOUNCE: Duration = Duration::from_millis(250);
 /// Budget for diffing one file's new content against its document.
@@ -185,6 +184,10 @@ pub struct Replica {
     locks: Locks,
     /// Whether executable bits were synced at the last flush.
     exec_was_synced: bool,
+    /// Pacing (from the node's config file).
+    tuning: Tuning,
+    /// When the next safety-net full rescan is due.
+    next_rescan: Option<Instant>,
     /// Paused (`teatime pause`): no sessions until resumed.
     paused: bool,
     /// Whether the event loop runs (a command on a stopped folder opens it without).
@@ -285,6 +288,7 @@ impl Replica {
         me: EndpointId,
         my_name: String,
         dial: mpsc::Sender<EndpointAddr>,
+        tuning: Tuning,
     ) -> Result<Replica> {
         let loaded = store.load()?;
         let mut folder = None;
@@ -312,6 +316,8 @@ impl Replica {
         let exec_was_synced = folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on");
         let paused = local::paused(&store)?;
         Ok(Replica {
+            tuning,
+            next_rescan: tuning.rescan.map(|r| Instant::now() + r),
             paused,
             running: false,
             last_heard: HashMap::new(),
@@ -385,6 +391,10 @@ impl Replica {
                 let at = tokio::time::Instant::from_std(at);
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
+            if let Some(at) = self.next_rescan {
+                let at = tokio::time::Instant::from_std(at);
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
             if let Some(at) = self.locks.next_wake() {
                 let at = tokio::time::Instant::from_std(at);
                 wake = Some(wake.map_or(at, |w| w.min(at)));
@@ -413,6 +423,11 @@ impl Replica {
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                     if self.pending.as_ref().is_some_and(|(_, quiet, _)| *quiet <= Instant::now()) {
                         self.scan_pending();
+                    }
+                    if let Some(at) = self.next_rescan.filter(|at| *at <= Instant::now()) {
+                        // The safety net behind the watcher: a missed event is found here.
+                        self.hint(Scope::All);
+                        self.next_rescan = self.tuning.rescan.map(|r| at.max(Instant::now()) + r);
                     }
                     if self.retry_at.is_some_and(|at| at <= Instant::now()) {
                         self.retry_at = None;
@@ -454,7 +469,7 @@ impl Replica {
         }
         let now = Instant::now();
         self.pending = Some(match self.pending.take() {
-            None => (scope, now + DEBOUNCE, now + MAX_DEBOUNCE),
+            None => (scope, now + self.tuning.debounce, now + MAX_DEBOUNCE.max(self.tuning.debounce)),
             Some((old, _, deadline)) => {
                 let merged = match (old, scope) {
                     (Scope::Paths(mut a), Scope::Paths(b)) => {
@@ -463,7 +478,7 @@ impl Replica {
                     }
                     _ => Scope::All,
                 };
-                (merged, (now + DEBOUNCE).min(deadline), deadline)
+                (merged, (now + self.tuning.debounce).min(deadline), deadline)
             }
         });
     }
@@ -1066,7 +1081,7 @@ impl Replica {
     }
 
     fn text_limit(&self) -> u64 {
-        self.folder.setting(TEXT_LIMIT).and_then(|v| v.parse().ok()).unwrap_or(scan::DEFAULT_TEXT_LIMIT_BYTES)
+        self.folder.setting(TEXT_LIMIT).and_then(|v| v.parse().ok()).unwrap_or(self.tuning.text_limit)
     }
 
     /// What a deletion of `id` names as the content it saw: its document's heads, or

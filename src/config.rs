@@ -1,0 +1,106 @@
+//! The node's config file, `HOME/config.toml`: defaults for every folder this node runs.
+//! Command-line flags (and their environment variables) win over it.
+//!
+//! ```toml
+//! network = "internet"      # internet | lan | loopback
+//! relay = "https://relay.example.org"
+//! debounce_ms = 20          # quiet time after a file event before looking
+//! rescan_secs = 3600        # full rescan behind the watcher (0: never)
+//! text_limit = 8388608      # bytes; for folders that do not set `text-limit` themselves
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use iroh::RelayUrl;
+use serde::Deserialize;
+
+use crate::net::endpoint::NetworkMode;
+
+/// The file's name in the home.
+pub const FILE: &str = "config.toml";
+
+/// What the config file may set. Unknown keys are refused, so a typo is not silently
+/// ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Default network mode.
+    pub network: Option<NetworkMode>,
+    /// Default relay.
+    pub relay: Option<RelayUrl>,
+    /// Watcher debounce, ms.
+    pub debounce_ms: Option<u64>,
+    /// Periodic full rescan, s (0: never).
+    pub rescan_secs: Option<u64>,
+    /// Default text size limit, bytes.
+    pub text_limit: Option<u64>,
+}
+
+/// How a folder's replica paces its work.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Quiet time after the last watcher hint before scanning.
+    pub debounce: Duration,
+    /// Full rescan interval (`None`: never).
+    pub rescan: Option<Duration>,
+    /// Text size limit for folders that do not set one.
+    pub text_limit: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            debounce: Duration::from_millis(20),
+            rescan: Some(Duration::from_secs(3600)),
+            text_limit: crate::scan::DEFAULT_TEXT_LIMIT_BYTES,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `HOME/config.toml` (absent: all defaults).
+    pub fn load(home: &Path) -> Result<Config> {
+        let path = home.join(FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// The pacing it asks for.
+    pub fn tuning(&self) -> Tuning {
+        let d = Tuning::default();
+        Tuning {
+            debounce: self.debounce_ms.map_or(d.debounce, Duration::from_millis),
+            rescan: match self.rescan_secs {
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+                None => d.rescan,
+            },
+            text_limit: self.text_limit.unwrap_or(d.text_limit),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_sets_defaults_and_typos_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Config::load(dir.path()).unwrap().network.is_none());
+        std::fs::write(dir.path().join(FILE), "network = \"lan\"\ndebounce_ms = 50\nrescan_secs = 0\n")
+            .unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.network, Some(NetworkMode::Lan));
+        let t = c.tuning();
+        assert_eq!((t.debounce, t.rescan), (Duration::from_millis(50), None));
+        std::fs::write(dir.path().join(FILE), "debounce = 50\n").unwrap();
+        let err = format!("{:#}", Config::load(dir.path()).unwrap_err());
+        assert!(err.contains("debounce"), "{err}");
+    }
+}
