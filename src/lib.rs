@@ -19,6 +19,7 @@ pub mod locks;
 pub mod net;
 pub mod node;
 pub mod policy;
+pub mod progress;
 pub mod replica;
 pub mod scan;
 pub mod store;

@@ -102,6 +102,8 @@ pub struct Node {
     router: Router,
     hub: Hub,
     folders: HashMap<PathBuf, RunningFolder>,
+    /// Draw progress bars (a foreground process; never the daemon).
+    pub show_progress: bool,
 }
 
 /// One folder being synced by a [`Node`].
@@ -129,7 +131,7 @@ impl Node {
             folders: Arc::new(RwLock::new(HashMap::new())),
         };
         let router = Router::builder(endpoint.clone()).accept(ALPN, hub.clone()).spawn();
-        Ok(Node { opts, home, me, endpoint, router, hub, folders: HashMap::new() })
+        Ok(Node { opts, home, me, endpoint, router, hub, folders: HashMap::new(), show_progress: false })
     }
 
     /// The node's home.
@@ -238,6 +240,9 @@ impl Node {
         }
         let watcher = crate::watch::start(&root, inbox_tx.clone())?;
         let cancel = CancellationToken::new();
+        if self.show_progress {
+            crate::progress::draw(replica.progress(), cancel.clone());
+        }
         crate::control::serve(&root, inbox_tx, cancel.clone())?;
         info!(folder = %folder_id.short(), node = %self.me.fmt_short(), "syncing {}", root.display());
         let replica = {
@@ -298,6 +303,7 @@ impl Node {
 /// Runs one folder in the foreground until SIGINT/SIGTERM.
 pub async fn run(opts: NodeOptions, dir: &Path, start: Start) -> Result<()> {
     let mut node = Node::start(opts).await?;
+    node.show_progress = true;
     let (_, ticket) = match node.open_folder(dir, start).await {
         Ok(opened) => opened,
         Err(e) => {

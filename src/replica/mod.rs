@@ -186,6 +186,10 @@ pub struct Replica {
     exec_was_synced: bool,
     /// Pacing (from the node's config file).
     tuning: Tuning,
+    /// Long work under way, for whoever draws it.
+    progress: crate::progress::Shared,
+    /// The most documents a peer said it has (a joiner's target).
+    docs_expected: u64,
     /// When the next safety-net full rescan is due.
     next_rescan: Option<Instant>,
     /// Paused (`teatime pause`): no sessions until resumed.
@@ -316,6 +320,8 @@ impl Replica {
         let exec_was_synced = folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on");
         let paused = local::paused(&store)?;
         Ok(Replica {
+            progress: Default::default(),
+            docs_expected: 0,
             tuning,
             next_rescan: tuning.rescan.map(|r| Instant::now() + r),
             paused,
@@ -611,6 +617,7 @@ impl Replica {
         match frame {
             Frame::Summary { docs } => {
                 let theirs: HashMap<DocId, Heads> = docs.into_iter().collect();
+                self.docs_expected = self.docs_expected.max(theirs.len() as u64);
                 let mut ours: Vec<DocId> = vec![self.id.folder];
                 ours.extend(self.files.keys().copied());
                 for doc in ours {
@@ -1104,6 +1111,24 @@ impl Replica {
         self.flush();
     }
 
+    /// The progress this replica reports (see [`crate::progress`]).
+    pub fn progress(&self) -> crate::progress::Shared {
+        self.progress.clone()
+    }
+
+    fn report_progress(&mut self) {
+        let docs_have =
+            self.files.values().filter(|f| f.is_ready()).count() as u64 + self.folder.is_ready() as u64;
+        let fetching = self.fetches.progress();
+        let p = crate::progress::Progress {
+            docs_expected: self.docs_expected,
+            docs_have,
+            bytes_expected: fetching.iter().map(|(_, _, size)| size).sum(),
+            bytes_have: fetching.iter().map(|(_, have, _)| have).sum(),
+        };
+        *self.progress.lock().expect("progress lock") = p;
+    }
+
     /// Persist, materialise, persist the index, broadcast (see the module docs).
     fn flush(&mut self) {
         self.tick_locks();
@@ -1193,6 +1218,7 @@ impl Replica {
         for (peer, frame) in self.fetches.assign(&connected) {
             self.send(peer, frame);
         }
+        self.report_progress();
         let peers: Vec<EndpointId> = self.peers.keys().copied().collect();
         for doc in to_send {
             for peer in &peers {
