@@ -17,7 +17,12 @@ use crate::node::{self, NodeOptions, Start};
 use crate::ticket::Ticket;
 
 #[derive(Parser)]
-#[command(name = "teatime", version, about = "Keep a folder identical on several machines, peer to peer.")]
+#[command(
+    name = "teatime",
+    version,
+    about = "Keep a folder identical on several machines, peer to peer.",
+    after_help = "Start here:\n  teatime share ./notes            prints a ticket, keeps ./notes in sync\n  teatime join <ticket> ./notes    on another machine\n  teatime status                   what every folder is doing\n\nSee `teatime <command> --help` for each command."
+)]
 struct Cli {
     /// Node home: identity key, registry (default: the XDG data dir).
     #[arg(long, env = "TEATIME_HOME", global = true)]
@@ -54,21 +59,29 @@ enum Command {
         /// The folder.
         dir: PathBuf,
     },
-    /// Run every folder registered in the home, headless (an always-on peer). While it
-    /// runs, share/join/sync/unshare hand folders to it and return at once.
+    /// Run every registered folder headless (an always-on peer)
+    ///
+    /// While a daemon runs, share/join/sync/unshare hand folders to it and return at once;
+    /// every other command reaches it through the folder's control socket. One daemon per
+    /// home. Stops cleanly on SIGTERM. systemd units: dist/systemd/.
     Daemon {
         /// Append logs to this file instead of stderr.
         #[arg(long)]
         log_file: Option<PathBuf>,
     },
-    /// Stop syncing a folder and forget it; its files (and its .teatime state, for a
-    /// later `sync`) are left untouched.
+    /// Stop syncing a folder (its files stay untouched)
+    ///
+    /// The folder leaves the home's registry; its .teatime state stays, so a later `sync`
+    /// resumes it.
     Unshare {
         /// The folder.
         dir: PathBuf,
     },
-    /// Show or change a setting: conflict-strategy, sync-exec-bit, text-limit (the folder's,
-    /// synced); tracking, mode (this peer's own).
+    /// Show or change a setting
+    ///
+    /// The folder's own (synced to every peer): conflict-strategy (timestamp, priority,
+    /// interactive), sync-exec-bit (on, off), text-limit (bytes), lock-lease (seconds).
+    /// This peer's: tracking (all, whitelist), mode (send-receive, send-only, receive-only).
     Config {
         /// The folder.
         dir: PathBuf,
@@ -112,9 +125,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Take an advisory lock on a file (for files that cannot merge): other peers hold
-    /// back their changes to it until it is unlocked, or until this peer is gone for the
-    /// folder's lock-lease.
+    /// Lock a file that cannot merge (advisory)
+    ///
+    /// Other peers hold back their changes to it until it is unlocked, or until this
+    /// peer has been gone for the folder's lock-lease.
     Lock {
         /// The folder.
         dir: PathBuf,
@@ -136,14 +150,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Receive-only folders: put back everything changed here (local versions are kept in
-    /// DIR/.teatime/versions/).
+    /// Receive-only folders: undo the local changes
+    ///
+    /// Everything changed here goes back to the synced state; the local versions are
+    /// kept in DIR/.teatime/versions/.
     Revert {
         /// The folder.
         dir: PathBuf,
     },
-    /// A file's history (or the whole folder's), newest first: when, which peer, lines
-    /// added and removed, and whether the change was merged with a concurrent one.
+    /// Show the history of a file or the folder
+    ///
+    /// Newest first: when, which peer, lines added and removed, and whether the change
+    /// was merged with a concurrent one.
     Log {
         /// The folder.
         dir: PathBuf,
@@ -156,8 +174,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a file as it was at a change (a hash prefix from `log`) or a time
-    /// (2026-11-21T14:00:00Z, or 10m / 2h / 3d ago).
+    /// Print a file as it was at a change or a time
+    ///
+    /// A change is a hash prefix from `log`; a time is 2026-11-21T14:00:00Z (UTC), ms
+    /// since the epoch, or a span ago: 10m, 2h, 3d.
     Show {
         /// The folder.
         dir: PathBuf,
@@ -179,8 +199,10 @@ enum Command {
         #[arg(default_value = "now")]
         b: String,
     },
-    /// Bring back a file as it was at a change or a time, as a new change that syncs
-    /// (works for deleted files: `teatime log DIR --deleted` lists them).
+    /// Bring back a past version of a file
+    ///
+    /// The version at a change or a time (as for `show`) becomes a new change that syncs
+    /// to every peer. Works for deleted files: `teatime log DIR --deleted` lists them.
     Restore {
         /// The folder.
         dir: PathBuf,
@@ -208,8 +230,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// What each folder is doing: peers (connected since, path, last heard), changes
-    /// waiting and why, transfers, conflicts, errors.
+    /// Show what each folder is doing
+    ///
+    /// Per peer: connected since when and how (direct or relay), last heard, documents it
+    /// still lacks, or why nothing moves (offline, paused); changes held back and why,
+    /// transfers, conflicts and errors.
     Status {
         /// One folder (default: every folder registered in the home).
         dir: Option<PathBuf>,
@@ -217,8 +242,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stop syncing a folder with its peers until `resume` (local changes are still
-    /// recorded, and go out on resume).
+    /// Stop syncing a folder with its peers until `resume`
+    ///
+    /// Local changes are still recorded, and go out on resume.
     Pause {
         /// The folder.
         dir: PathBuf,
@@ -856,5 +882,36 @@ fn unshare(home: Option<PathBuf>, dir: &Path) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command and every argument explains itself in `--help`.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        let mut cli = Cli::command();
+        cli.build();
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(format!("{name}: no description"));
+                }
+                for arg in sub.get_arguments().filter(|a| !a.is_global_set()) {
+                    if arg.get_help().is_none() && !matches!(arg.get_id().as_str(), "help" | "version") {
+                        missing.push(format!("{name} <{}>: no help", arg.get_id()));
+                    }
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&cli, "teatime", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
     }
 }
