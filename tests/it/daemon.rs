@@ -61,6 +61,16 @@ fn a_daemon_runs_several_folders_across_a_restart() {
             && fs::read(photos.join("dog.bin")).ok().as_deref() == Some(&b"\0woof\xff"[..])
     });
 
+    // `join` hands a third folder to the running daemon, and returns at once.
+    let mut e_tree = Tree::new();
+    put_file(&mut e_tree, "shared-by-e.md", "from e\n");
+    let e = Peer::share_tree("e", &e_tree);
+    let joined = d.home().with_file_name("from-e");
+    d.cli_ok(&["join", e.ticket(), joined.to_str().unwrap()]);
+    wait_until("e's folder to arrive in the daemon", || {
+        fs::read(joined.join("shared-by-e.md")).ok().as_deref() == Some(&b"from e\n"[..])
+    });
+
     // `unshare`: the daemon stops syncing the folder, whose files stay as they are.
     d.cli_ok(&["unshare", photos.to_str().unwrap()]);
     c.write("later.bin", b"\0not for the daemon\xff");
