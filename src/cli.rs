@@ -732,8 +732,12 @@ fn print_status(v: &serde_json::Value) {
     for p in v["peers"].as_array().into_iter().flatten() {
         let link = if p["connected"] == true {
             let path = &p["path"];
+            let ignored = match p["ignored_there"].as_u64() {
+                Some(n) if n > 0 => format!(", {n} files ignored there"),
+                _ => String::new(),
+            };
             format!(
-                "connected since {} via {} {}, {} documents to send",
+                "connected since {} via {} {}, {} documents to send{ignored}",
                 s(&p["connected_since"]),
                 s(&path["kind"]),
                 s(&path["addr"]),

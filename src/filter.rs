@@ -79,6 +79,31 @@ impl Filter {
         f
     }
 
+    /// This peer's own exclusions, as announced to peers: the local ignore file's text and
+    /// the whitelist.
+    pub fn local_rules(&self) -> (String, Option<BTreeSet<String>>) {
+        let text = fs::read_to_string(self.root.join(LOCAL_IGNORE)).unwrap_or_default();
+        (text, self.tracked.clone())
+    }
+
+    /// What another peer syncs: the same synced rules, with its own local rules and
+    /// whitelist (as it announced them).
+    pub fn for_peer(&self, local_text: &str, tracked: Option<BTreeSet<String>>) -> Filter {
+        let mut b = GitignoreBuilder::new(&self.root);
+        for line in local_text.lines() {
+            // A line another peer's matcher accepted but ours does not is skipped.
+            let _ = b.add_line(None, line);
+        }
+        Filter {
+            root: self.root.clone(),
+            synced: self.synced.clone(),
+            local: b.build().ok(),
+            tracked,
+            problems: Vec::new(),
+            read: Vec::new(),
+        }
+    }
+
     /// Whether a rule file read changed since (or a new one appeared where one was
     /// missing).
     pub fn is_stale(&self) -> bool {

@@ -21,6 +21,7 @@
 //!   BlobData{hash, group, ..}  one group's bytes, checked against its chaining value
 //!   BlobNone{hash}             "I cannot serve that" (ask someone else)
 //!   Locks{entry -> lease}      the sender's advisory locks, renewed while it runs
+//!   Excludes{local, tracked}   what the sender does not sync (for `status`: "ignored there")
 //! ```
 
 use anyhow::{Context, Result, bail};
@@ -118,6 +119,14 @@ pub enum Frame {
         group: u64,
         /// Its bytes.
         data: Vec<u8>,
+    },
+    /// What the sender excludes beyond the synced rules: its local ignore file's text and
+    /// its whitelist (`None`: not in whitelist mode).
+    Excludes {
+        /// `.teatime/ignore`, as text.
+        local: String,
+        /// Tracked paths, in whitelist mode.
+        tracked: Option<Vec<String>>,
     },
     /// Advisory locks the sender holds (or releases), each with its lease.
     Locks {

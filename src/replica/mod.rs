@@ -190,6 +190,8 @@ pub struct Replica {
     progress: crate::progress::Shared,
     /// The most documents a peer said it has (a joiner's target).
     docs_expected: u64,
+    /// What each connected peer excludes (it told us), for `status`.
+    peer_filters: HashMap<EndpointId, Filter>,
     /// When the next safety-net full rescan is due.
     next_rescan: Option<Instant>,
     /// Paused (`teatime pause`): no sessions until resumed.
@@ -320,6 +322,7 @@ impl Replica {
         let exec_was_synced = folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on");
         let paused = local::paused(&store)?;
         Ok(Replica {
+            peer_filters: HashMap::new(),
             progress: Default::default(),
             docs_expected: 0,
             tuning,
@@ -496,6 +499,7 @@ impl Replica {
             Event::PeerDown { peer, conn_id } => {
                 if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.last_heard.insert(peer, std::time::SystemTime::now());
+                    self.peer_filters.remove(&peer);
                     self.peers.remove(&peer);
                     self.fetches.peer_gone(peer);
                 }
@@ -567,6 +571,8 @@ impl Replica {
             let frame = self.locks_frame();
             self.send(peer, frame);
         }
+        let excludes = self.excludes_frame();
+        self.send(peer, excludes);
         let summary = Frame::Summary { docs: self.summary() };
         let peers = Frame::Peers { peers: self.peers.values().map(|l| l.addr.clone()).collect() };
         self.send(peer, summary);
@@ -577,6 +583,11 @@ impl Replica {
         for other in others {
             self.send(other, Frame::Peers { peers: vec![newcomer.clone()] });
         }
+    }
+
+    fn excludes_frame(&self) -> Frame {
+        let (local, tracked) = self.filter.local_rules();
+        Frame::Excludes { local, tracked: tracked.map(|t| t.into_iter().collect()) }
     }
 
     fn summary(&mut self) -> Vec<(DocId, Heads)> {
@@ -688,6 +699,11 @@ impl Replica {
                 self.blob_next(peer, next);
             }
             Frame::BlobNone { hash } => self.fetches.refused(peer, hash),
+            Frame::Excludes { local, tracked } => {
+                let tracked = tracked.map(|t| t.into_iter().collect());
+                let filter = self.filter.for_peer(&local, tracked);
+                self.peer_filters.insert(peer, filter);
+            }
             Frame::Locks { locks } => {
                 let (released, lost) = self.locks.receive(self.me, peer, &locks);
                 if released {
@@ -812,6 +828,10 @@ impl Replica {
         self.filter = Filter::load(&self.root, tracked);
         for p in &self.filter.problems {
             warn!("ignore rules: {p}");
+        }
+        let excludes = self.excludes_frame();
+        for peer in self.peers.keys().copied().collect::<Vec<_>>() {
+            self.send(peer, excludes.clone());
         }
         self.hint(Scope::All);
         if self.folder.is_ready() {

@@ -30,6 +30,7 @@ impl Replica {
 
     /// The folder's state, for `teatime status`.
     pub(super) fn status(&mut self) -> serde_json::Value {
+        self.tree.get(&mut self.folder, &mut self.files);
         let me = self.me.to_string();
         let members = self.folder.members();
         let mut peers = Vec::new();
@@ -50,6 +51,15 @@ impl Replica {
                 }))
             });
             let connected_since = link.map(|l| iso_time(wall_ms(l.since_wall)));
+            // Files here that this peer does not take (its own ignore rules, whitelist).
+            let ignored_there = self.peer_filters.get(&peer).map(|f| {
+                self.tree
+                    .tree
+                    .by_path
+                    .iter()
+                    .filter(|(p, (_, k))| *k == EntryKind::File && f.excludes(p, false))
+                    .count()
+            });
             let why = if self.paused {
                 Some("paused")
             } else if link.is_none() {
@@ -66,6 +76,7 @@ impl Replica {
                 "last_heard": self.last_heard.get(&peer).map(|t| iso_time(wall_ms(*t))),
                 "path": path,
                 "pending_out": pending,
+                "ignored_there": ignored_there,
                 "waiting_because": why,
             }));
         }

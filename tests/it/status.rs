@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{Tree, connected_pair, put_file, wait_converged_to, wait_for};
+use crate::harness::{Tree, connected_pair, put_file, remove, wait_converged_to, wait_for};
 
 /// Checks `v` against a JSON schema: the subset the status schema uses (`type`, `enum`,
 /// `required`, `properties`, `items`, `minimum`). Returns every violation, by path.
@@ -83,6 +83,17 @@ fn status_reports_peers_and_pause_holds_changes_until_resume() {
     // The human form names the peer and how it is connected.
     let human = a.cli_ok(&["status", a.dir_arg()]);
     assert!(human.contains("peer b") && human.contains("connected since"), "{human}");
+
+    // Files B's own rules exclude are reported as ignored there.
+    b.write(".teatime/ignore", "*.log\n");
+    a.write("build.log", "noise\n");
+    put_file(&mut expected, "build.log", "noise\n");
+    wait_for("a's status to count build.log as ignored on b", || {
+        let v = a.cli_json(&["status", a.dir_arg(), "--json"]);
+        if v["peers"][0]["ignored_there"] == 1 { Ok(()) } else { Err(format!("{}", v["peers"][0])) }
+    });
+    remove(&mut expected, "build.log");
+    a.remove_file("build.log");
 
     // Paused: no sessions, changes wait (and say why); resumed, they go out.
     a.cli_ok(&["pause", a.dir_arg()]);
