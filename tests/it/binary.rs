@@ -338,10 +338,10 @@ fn concurrent_binary_writes_keep_the_loser() {
     assert!(fs::read(&kept).expect("read the kept version") == x, "the kept version is not X's bytes");
     let versions = fs::read_dir(a.path(&format!("{STATE_DIR}/versions"))).expect("a's versions").count();
     assert_eq!(versions, 1, "a keeps exactly one losing version");
-    assert!(
-        a.log_text().contains("a concurrent binary version lost"),
-        "a's log should say a version was kept"
-    );
+    // The log line follows the write that kept it aside.
+    wait_until("a's log to say a version was kept", || {
+        a.log_text().contains("a concurrent binary version lost")
+    });
     // B only ever had the winner on disk since the race: it keeps nothing.
     let b_versions: Vec<_> = fs::read_dir(b.path(&format!("{STATE_DIR}/versions")))
         .map(|rd| rd.flatten().map(|d| d.file_name()).collect())
