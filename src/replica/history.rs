@@ -71,18 +71,21 @@ impl Replica {
         })
     }
 
+    /// Every file the folder shows, with its path.
+    fn shown_files(&mut self) -> Vec<(DocId, String)> {
+        let tree = self.tree.get(&mut self.folder, &mut self.files);
+        tree.by_path
+            .iter()
+            .filter(|(_, (_, k))| *k == EntryKind::File)
+            .map(|(p, (id, _))| (*id, p.clone()))
+            .collect()
+    }
+
     /// `teatime log`: a file's changes, or every file's, newest first.
     pub(super) fn log(&mut self, path: Option<&str>) -> Result<serde_json::Value, String> {
         let ids: Vec<(DocId, String)> = match path {
             Some(p) => vec![(self.entry_at(p)?, p.to_string())],
-            None => {
-                let tree = self.tree.get(&mut self.folder, &mut self.files);
-                tree.by_path
-                    .iter()
-                    .filter(|(_, (_, k))| *k == EntryKind::File)
-                    .map(|(p, (id, _))| (*id, p.clone()))
-                    .collect()
-            }
+            None => self.shown_files(),
         };
         let mut out = Vec::new();
         for (id, path) in ids {
@@ -214,16 +217,8 @@ impl Replica {
 
     /// `teatime merges`: files where concurrent edits were merged, when, and by whom.
     pub(super) fn merges(&mut self) -> serde_json::Value {
-        let files: Vec<(DocId, String)> = {
-            let tree = self.tree.get(&mut self.folder, &mut self.files);
-            tree.by_path
-                .iter()
-                .filter(|(_, (_, k))| *k == EntryKind::File)
-                .map(|(p, (id, _))| (*id, p.clone()))
-                .collect()
-        };
         let mut out = Vec::new();
-        for (id, path) in files {
+        for (id, path) in self.shown_files() {
             let Some(file) = self.files.get_mut(&id) else { continue };
             let changes = history::changes(file);
             let concurrent: Vec<&FileChange> =
