@@ -24,6 +24,7 @@ use blake3::hazmat::{
     ChainingValue, HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root,
 };
 use iroh::EndpointId;
+use teatime_crdt::ids::{from_hex, to_hex};
 use teatime_crdt::path::STATE_DIR;
 
 /// Size of one verified group.
@@ -40,7 +41,7 @@ pub type Hash = [u8; 32];
 
 /// Hex form of a hash (file names, logs).
 pub fn hex(hash: &Hash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    to_hex(hash)
 }
 
 /// A file's BLAKE3 with the chaining value of each group.
@@ -198,19 +199,8 @@ impl BlobDir {
     /// The hashes of complete blobs held.
     pub fn held(&self) -> Vec<Hash> {
         let Ok(rd) = fs::read_dir(&self.dir) else { return vec![] };
-        rd.flatten().filter_map(|d| parse_hex(d.file_name().to_str()?)).collect()
+        rd.flatten().filter_map(|d| from_hex(d.file_name().to_str()?)).collect()
     }
-}
-
-fn parse_hex(s: &str) -> Option<Hash> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// One blob being received.

@@ -596,7 +596,7 @@ fn print_answer(result: anyhow::Result<Response>, output: Output) -> ExitCode {
                 };
                 println!(
                     "{}  {}  {:<10} {:<24} +{} -{}{merged}",
-                    &c["change"].as_str().unwrap_or("")[..12.min(c["change"].as_str().unwrap_or("").len())],
+                    short(c["change"].as_str().unwrap_or("")),
                     c["time"].as_str().unwrap_or(""),
                     c["peer"].as_str().unwrap_or(""),
                     c["path"].as_str().unwrap_or(""),
@@ -617,10 +617,9 @@ fn print_answer(result: anyhow::Result<Response>, output: Output) -> ExitCode {
         }
         Output::Blame => {
             for l in value.as_array().into_iter().flatten() {
-                let change = l["change"].as_str().unwrap_or("");
                 println!(
                     "{}  {:<10} {}  {}",
-                    &change[..12.min(change.len())],
+                    short(l["change"].as_str().unwrap_or("")),
                     l["peer"].as_str().unwrap_or(""),
                     l["time"].as_str().unwrap_or(""),
                     l["line"].as_str().unwrap_or("")
@@ -753,12 +752,7 @@ fn print_status(v: &serde_json::Value) {
         println!("  peer {} ({}): {link}", s(&p["name"]), s(&p["role"]));
     }
     for i in v["incoming"].as_array().into_iter().flatten() {
-        println!(
-            "  receiving {}…: {} of {} bytes",
-            &s(&i["blob"])[..12.min(s(&i["blob"]).len())],
-            i["bytes"],
-            i["size"]
-        );
+        println!("  receiving {}…: {} of {} bytes", short(&s(&i["blob"])), i["bytes"], i["size"]);
     }
     for h in v["held"].as_array().into_iter().flatten() {
         println!("  held: {} ({})", s(&h["path"]), s(&h["why"]));
@@ -769,6 +763,11 @@ fn print_status(v: &serde_json::Value) {
     for e in v["errors"].as_array().into_iter().flatten() {
         println!("  error: {}: {}", s(&e["path"]), s(&e["error"]));
     }
+}
+
+/// The first 12 characters of a hash, as logs and listings show it.
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 fn usage_error(msg: String) -> ExitCode {

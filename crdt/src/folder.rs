@@ -211,7 +211,7 @@ pub struct BlobRef {
 
 impl BlobRef {
     fn encode(&self) -> String {
-        let hex: String = self.hash.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::ids::to_hex(&self.hash);
         format!("{}|{hex}|{}", self.stamp.encode(), self.size)
     }
 
@@ -219,15 +219,8 @@ impl BlobRef {
         let mut parts = raw.splitn(4, '|');
         let ms = parts.next()?.parse().ok()?;
         let by = parts.next()?.to_string();
-        let hex = parts.next()?;
+        let hash = crate::ids::from_hex(parts.next()?)?;
         let size = parts.next()?.parse().ok()?;
-        if hex.len() != 64 {
-            return None;
-        }
-        let mut hash = [0u8; 32];
-        for (i, b) in hash.iter_mut().enumerate() {
-            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
         Some(BlobRef { hash, size, stamp: Stamp { ms, by } })
     }
 

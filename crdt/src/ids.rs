@@ -4,6 +4,23 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// Lowercase hex of `bytes` (ids, hashes).
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Exactly `2 * N` hex digits, as bytes.
+pub fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The id of a document: the folder document (then it is also the folder's id) or a
 /// file's document (then it is also the id of the file's entry in the folder).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -21,10 +38,7 @@ impl DocId {
 
 impl fmt::Display for DocId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&to_hex(&self.0))
     }
 }
 
@@ -50,14 +64,7 @@ impl FromStr for DocId {
     type Err = ParseDocIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != Self::HEX_LEN || !s.is_ascii() {
-            return Err(ParseDocIdError);
-        }
-        let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| ParseDocIdError)?;
-        }
-        Ok(DocId(out))
+        from_hex(s).map(DocId).ok_or(ParseDocIdError)
     }
 }
 

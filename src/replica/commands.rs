@@ -183,6 +183,7 @@ impl Replica {
                 })?;
                 let was = self.mode();
                 local::set_mode(&self.store, m).map_err(err)?;
+                self.mode = m;
                 if was != m {
                     // Whatever was held back either way is looked at again.
                     self.hint(Scope::All);

@@ -194,6 +194,9 @@ pub struct Replica {
     peer_filters: HashMap<EndpointId, Filter>,
     /// When the next safety-net full rescan is due.
     next_rescan: Option<Instant>,
+    /// Which way changes flow (this peer's setting, kept in the store; read once here,
+    /// not at every flush).
+    mode: Mode,
     /// Paused (`teatime pause`): no sessions until resumed.
     paused: bool,
     /// Whether the event loop runs (a command on a stopped folder opens it without).
@@ -321,7 +324,9 @@ impl Replica {
         let locks = Locks::new(local::locks(&store)?);
         let exec_was_synced = folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on");
         let paused = local::paused(&store)?;
+        let mode = local::mode(&store)?;
         Ok(Replica {
+            mode,
             peer_filters: HashMap::new(),
             progress: Default::default(),
             docs_expected: 0,

@@ -51,7 +51,7 @@ impl Replica {
     }
 
     pub(super) fn mode(&self) -> Mode {
-        local::mode(&self.store).unwrap_or_default()
+        self.mode
     }
 
     /// Puts `paths` back to the synced state. Whatever is there locally is moved to
