@@ -14,7 +14,7 @@ use crate::daemon::DaemonRequest;
 use crate::home::{Home, default_name};
 use crate::net::endpoint::NetworkMode;
 use crate::node::{self, NodeOptions, Start};
-use crate::ticket::Ticket;
+use crate::ticket::{Grant, Ticket};
 
 #[derive(Parser)]
 #[command(
@@ -43,9 +43,55 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Share a folder: print a ticket, then keep the folder in sync.
+    ///
+    /// The ticket is the folder's standing invitation (no expiry, any number of uses, until
+    /// revoked); `teatime ticket` makes limited ones.
     Share {
         /// The folder.
         dir: PathBuf,
+        /// Print a ticket that admits readers (receive only) instead of writers.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Print a new ticket to invite one peer (or a few) to a folder.
+    Ticket {
+        /// The folder.
+        dir: PathBuf,
+        /// Admit readers (receive only) instead of writers.
+        #[arg(long)]
+        read_only: bool,
+        /// Stop admitting after this long (e.g. 30m, 1h, 7d).
+        #[arg(long, default_value = "24h", value_parser = crate::ticket::parse_duration)]
+        expires: std::time::Duration,
+        /// How many peers it admits.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List the tickets this node issued for a folder, and whom each admitted.
+    Tickets {
+        /// The folder.
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cut a member off everywhere (it cannot come back with its old ticket), or revoke
+    /// a ticket issued here.
+    Revoke {
+        /// The folder.
+        dir: PathBuf,
+        /// A member (id, unique id prefix, or name) or a ticket id (prefix of 6+ digits).
+        who: String,
+    },
+    /// List joins waiting for approval (`config DIR join-approval on`), or admit one.
+    Approve {
+        /// The folder.
+        dir: PathBuf,
+        /// The request to admit, as listed.
+        request: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Join a shared folder with a ticket, then keep it in sync.
     Join {
@@ -305,7 +351,31 @@ pub fn main() -> ExitCode {
     // Validate input before touching anything: a bad ticket creates nothing on disk.
     let mut log_file = None;
     let (dir, start) = match cli.command {
-        Command::Share { dir } => (dir, Some(Start::Share)),
+        Command::Share { dir, read_only } => {
+            (dir, Some(Start::Share(if read_only { Grant::Read } else { Grant::Write })))
+        }
+        Command::Ticket { dir, read_only, expires, uses } => {
+            if uses == 0 {
+                return usage_error("--uses must be at least 1".into());
+            }
+            let req = Request::Ticket {
+                read_only,
+                expires_secs: Some(expires.as_secs()),
+                uses: Some(uses),
+                standing: false,
+            };
+            return command(cli.home, cli.name, &dir, req, Output::Ticket);
+        }
+        Command::Tickets { dir, json } => {
+            return command(cli.home, cli.name, &dir, Request::Tickets, Output::pick(json, Output::Tickets));
+        }
+        Command::Revoke { dir, who } => {
+            return command(cli.home, cli.name, &dir, Request::Revoke(who), Output::Plain);
+        }
+        Command::Approve { dir, request, json } => {
+            let out = if request.is_some() { Output::Plain } else { Output::pick(json, Output::Requests) };
+            return command(cli.home, cli.name, &dir, Request::Approve(request), out);
+        }
         Command::Sync { dir } => (dir, Some(Start::Sync)),
         Command::Daemon { log_file: file } => {
             log_file = file;
@@ -495,6 +565,11 @@ enum Output {
     Deleted,
     Blame,
     Merges,
+    /// A new ticket: printed alone on stdout, so it can be piped.
+    Ticket,
+    Tickets,
+    /// Joins waiting for approval.
+    Requests,
 }
 
 impl Output {
@@ -655,6 +730,40 @@ fn print_answer(result: anyhow::Result<Response>, output: Output) -> ExitCode {
                     l["name"].as_str().unwrap_or("")
                 };
                 println!("{}  locked by {who}", l["path"].as_str().unwrap_or(""));
+            }
+        }
+        Output::Ticket => println!("{}", value["ticket"].as_str().unwrap_or("")),
+        Output::Tickets => {
+            for t in value.as_array().into_iter().flatten() {
+                let expires = t["expires"].as_str().map(|e| format!(", expires {e}")).unwrap_or_default();
+                let uses = t["uses_left"].as_u64().map(|u| format!(", {u} uses left")).unwrap_or_default();
+                let standing = if t["standing"].as_bool() == Some(true) { " (standing)" } else { "" };
+                let admitted: Vec<&str> =
+                    t["admitted"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+                println!(
+                    "{}  {}{standing}  {}{expires}{uses}  admitted: {}",
+                    t["id"].as_str().unwrap_or(""),
+                    t["grant"].as_str().unwrap_or(""),
+                    t["state"].as_str().unwrap_or(""),
+                    if admitted.is_empty() { "-".to_string() } else { admitted.join(", ") },
+                );
+            }
+        }
+        Output::Requests => {
+            let list = value.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no join is waiting for approval");
+            }
+            for r in list {
+                println!(
+                    "{}  {} ({}) asks to join as {} with ticket {}, since {}",
+                    r["request"].as_str().unwrap_or(""),
+                    r["name"].as_str().unwrap_or(""),
+                    r["peer"].as_str().unwrap_or(""),
+                    r["grant"].as_str().unwrap_or(""),
+                    r["ticket"].as_str().unwrap_or(""),
+                    r["since"].as_str().unwrap_or(""),
+                );
             }
         }
         Output::Tracked => {
@@ -835,7 +944,7 @@ fn daemon_request(dir: &Path, start: &Start) -> DaemonRequest {
     // absolute one.
     let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     match start {
-        Start::Share => DaemonRequest::Share(dir),
+        Start::Share(grant) => DaemonRequest::Share { dir, read_only: *grant == Grant::Read },
         Start::Sync => DaemonRequest::Sync(dir),
         Start::Join(t) => DaemonRequest::Join { ticket: t.encode(), dir },
     }

@@ -109,6 +109,23 @@ pub enum Request {
     Resume,
     /// Pending conflicts.
     Conflicts,
+    /// Issues a ticket to invite a peer.
+    Ticket {
+        /// Grant read only (the `reader` role) instead of write.
+        read_only: bool,
+        /// Seconds until the ticket stops admitting.
+        expires_secs: Option<u64>,
+        /// How many peers it admits.
+        uses: Option<u32>,
+        /// The folder's standing ticket (what `share` prints) rather than a new one.
+        standing: bool,
+    },
+    /// The tickets this node issued.
+    Tickets,
+    /// Cuts off a member (id, prefix or name) everywhere, or revokes a ticket (id prefix).
+    Revoke(String),
+    /// Lists the joins waiting for approval, or admits one.
+    Approve(Option<String>),
     /// Settles a conflict by keeping one of its options.
     Resolve {
         /// The conflict's id, as listed.
@@ -125,6 +142,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("sync-exec-bit", "folder", "on | off"),
     ("text-limit", "folder", "bytes: larger files sync as binary"),
     ("lock-lease", "folder", "seconds a lock outlives its holder's last renewal"),
+    ("join-approval", "folder", "on | off: joins wait for `teatime approve`"),
     ("tracking", "this peer", "all | whitelist"),
     ("mode", "this peer", "send-receive | send-only | receive-only"),
 ];

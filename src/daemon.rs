@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::control::Response;
 use crate::node::{Node, NodeOptions, Start, wait_for_signal};
-use crate::ticket::Ticket;
+use crate::ticket::{Grant, Ticket};
 
 /// The daemon's socket, in the home.
 pub const SOCKET: &str = "daemon.sock";
@@ -36,7 +36,12 @@ const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum DaemonRequest {
     /// Start sharing a folder (registering it); answers with the ticket.
-    Share(PathBuf),
+    Share {
+        /// The folder.
+        dir: PathBuf,
+        /// Answer with the read-only ticket.
+        read_only: bool,
+    },
     /// Join a folder with a ticket.
     Join {
         /// The ticket, as printed by `share`.
@@ -103,8 +108,9 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
 async fn handle(node: &mut Node, req: DaemonRequest) -> Response {
     let err = |e: anyhow::Error| format!("{e:#}");
     match req {
-        DaemonRequest::Share(dir) => {
-            let (root, ticket) = node.open_folder(&dir, Start::Share).await.map_err(err)?;
+        DaemonRequest::Share { dir, read_only } => {
+            let grant = if read_only { Grant::Read } else { Grant::Write };
+            let (root, ticket) = node.open_folder(&dir, Start::Share(grant)).await.map_err(err)?;
             Ok(json!({"folder": root, "ticket": ticket}))
         }
         DaemonRequest::Join { ticket, dir } => {

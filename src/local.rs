@@ -12,6 +12,8 @@ const TRACKED: &str = "tracked";
 const MODE: &str = "mode";
 const LOCKS: &str = "locks";
 const PAUSED: &str = "paused";
+const TICKETS: &str = "tickets";
+const JOIN_TICKET: &str = "join_ticket";
 
 /// Which paths this peer syncs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,4 +143,34 @@ pub fn paused(store: &Store) -> Result<bool> {
 /// Pauses or resumes syncing.
 pub fn set_paused(store: &Store, paused: bool) -> Result<()> {
     store.set_meta(&[(PAUSED, if paused { b"yes" } else { b"no" })])
+}
+
+/// The tickets this node issued for the folder.
+pub fn tickets(store: &Store) -> Result<Vec<crate::ticket::IssuedTicket>> {
+    match store.meta(TICKETS)? {
+        Some(bytes) => postcard::from_bytes(&bytes).context("stored tickets"),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Replaces the tickets this node issued.
+pub fn set_tickets(store: &Store, tickets: &[crate::ticket::IssuedTicket]) -> Result<()> {
+    store.set_meta(&[(TICKETS, &postcard::to_stdvec(tickets)?)])
+}
+
+/// The ticket this node joined with, kept until it is a member (it is proved to the
+/// issuer at each connection until then).
+pub fn join_ticket(store: &Store) -> Result<Option<crate::ticket::Ticket>> {
+    match store.meta(JOIN_TICKET)? {
+        Some(bytes) if !bytes.is_empty() => {
+            let text = String::from_utf8(bytes).context("stored join ticket")?;
+            Ok(Some(crate::ticket::Ticket::decode(&text).context("stored join ticket")?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Keeps the ticket this node joins with.
+pub fn set_join_ticket(store: &Store, ticket: &crate::ticket::Ticket) -> Result<()> {
+    store.set_meta(&[(JOIN_TICKET, ticket.encode().as_bytes())])
 }

@@ -29,16 +29,16 @@ use crate::home::Home;
 use crate::net::Links;
 use crate::net::dial::{DIAL_QUEUE_CAPACITY, run_dialer};
 use crate::net::endpoint::{self, NetworkMode};
-use crate::net::session::{FolderAccess, Hub};
+use crate::net::session::{FolderAccess, Hub, Membership};
 use crate::net::wire::ALPN;
 use crate::replica::{INBOX_CAPACITY, Identity, Replica};
 use crate::store::Store;
-use crate::ticket::Ticket;
+use crate::ticket::{Grant, Ticket};
 
 /// How to start a folder.
 pub enum Start {
-    /// Share it (create its state if needed) and print a ticket.
-    Share,
+    /// Share it (create its state if needed) and print its standing ticket for the grant.
+    Share(Grant),
     /// Join with a ticket.
     Join(Ticket),
     /// Resume a folder shared or joined before.
@@ -69,28 +69,32 @@ const ONLINE_TIMEOUT: Duration = Duration::from_secs(5);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
 const META_FOLDER: &str = "folder_id";
-const META_SECRET: &str = "secret";
 const META_ACTOR: &str = "actor";
 
-fn read_identity(store: &Store) -> Result<Option<Identity>> {
-    let (Some(folder), Some(secret), Some(actor)) =
-        (store.meta(META_FOLDER)?, store.meta(META_SECRET)?, store.meta(META_ACTOR)?)
-    else {
+/// The folder's identity as stored. The actor must be this node's (see
+/// [`teatime_crdt::ids::actor_for_member`]): a store moved to another home, or written by
+/// another key, gets a fresh one, so an actor never speaks for two members.
+fn read_identity(store: &Store, me: &iroh::EndpointId) -> Result<Option<Identity>> {
+    let (Some(folder), Some(actor)) = (store.meta(META_FOLDER)?, store.meta(META_ACTOR)?) else {
         return Ok(None);
     };
-    Ok(Some(Identity {
+    let mut id = Identity {
         folder: DocId(folder.as_slice().try_into().context("stored folder id")?),
-        secret: secret.as_slice().try_into().context("stored secret")?,
         actor: ActorId::from(actor.as_slice()),
-    }))
+    };
+    if teatime_crdt::ids::member_bytes_of_actor(&id.actor).as_ref() != Some(me.as_bytes()) {
+        id.actor = new_actor(me);
+        write_identity(store, &id)?;
+    }
+    Ok(Some(id))
+}
+
+fn new_actor(me: &iroh::EndpointId) -> ActorId {
+    teatime_crdt::ids::actor_for_member(me.as_bytes(), rand::random())
 }
 
 fn write_identity(store: &Store, id: &Identity) -> Result<()> {
-    store.set_meta(&[
-        (META_FOLDER, id.folder.0.as_slice()),
-        (META_SECRET, id.secret.as_slice()),
-        (META_ACTOR, id.actor.to_bytes()),
-    ])
+    store.set_meta(&[(META_FOLDER, id.folder.0.as_slice()), (META_ACTOR, id.actor.to_bytes())])
 }
 
 /// A running node: one endpoint, its router, and the folders it syncs.
@@ -154,11 +158,20 @@ impl Node {
             bail!("{} is not a directory", root.display());
         }
         if self.folders.contains_key(&root) {
-            if matches!(start, Start::Share) {
+            if let Start::Share(grant) = start {
                 // Already running here: the ticket is all the caller wants.
-                let id = self.folders[&root].id;
-                let store_ticket = self.ticket_for(&root, id)?;
-                return Ok((root, Some(store_ticket)));
+                let req = crate::control::Request::Ticket {
+                    read_only: grant == Grant::Read,
+                    expires_secs: None,
+                    uses: None,
+                    standing: true,
+                };
+                let ticket = match crate::control::call(&root, &req).await? {
+                    Some(Ok(v)) => v["ticket"].as_str().unwrap_or_default().to_string(),
+                    Some(Err(e)) => bail!("{e}"),
+                    None => bail!("{} is not running", root.display()),
+                };
+                return Ok((root, Some(ticket)));
             }
             bail!("{} is already being synced", root.display());
         }
@@ -174,7 +187,7 @@ impl Node {
         let store = Store::open_patiently(&state_dir.join("state.redb"), STORE_WAIT)?;
 
         let mut created = false;
-        let identity = match (read_identity(&store)?, &start) {
+        let identity = match (read_identity(&store, &self.me)?, &start) {
             (Some(id), Start::Join(t)) if id.folder != t.folder => {
                 bail!(
                     "{} already syncs another folder ({}); join into an empty or new directory",
@@ -186,19 +199,16 @@ impl Node {
             (None, Start::Sync) => {
                 bail!("{} has no saved folder state; share or join it first", root.display())
             }
-            (None, Start::Share) => {
+            (None, Start::Share(_)) => {
                 created = true;
-                let id = Identity {
-                    folder: DocId(rand::random()),
-                    secret: rand::random(),
-                    actor: ActorId::random(),
-                };
+                let id = Identity { folder: DocId(rand::random()), actor: new_actor(&self.me) };
                 write_identity(&store, &id)?;
                 id
             }
             (None, Start::Join(t)) => {
-                let id = Identity { folder: t.folder, secret: t.secret, actor: ActorId::random() };
+                let id = Identity { folder: t.folder, actor: new_actor(&self.me) };
                 write_identity(&store, &id)?;
+                crate::local::set_join_ticket(&store, t)?;
                 store.save_peer(&t.addr.id.to_string(), &postcard::to_stdvec(&t.addr)?)?;
                 id
             }
@@ -208,26 +218,15 @@ impl Node {
         let links = Arc::new(Links::default());
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
         let (dial_tx, dial_rx) = mpsc::channel(DIAL_QUEUE_CAPACITY);
-        let access = FolderAccess { secret: identity.secret, inbox: inbox_tx.clone(), links };
-        self.hub.folders.write().expect("folders lock").insert(identity.folder, access);
-
-        let ticket = if matches!(start, Start::Share) {
-            if self.opts.network == NetworkMode::Internet
-                && tokio::time::timeout(ONLINE_TIMEOUT, self.endpoint.online()).await.is_err()
-            {
-                warn!("no relay reachable yet; the ticket holds direct addresses only");
-            }
-            Some(self.ticket(&identity))
-        } else {
-            None
-        };
+        let membership = Arc::new(RwLock::new(Membership::default()));
+        let access = FolderAccess { membership: membership.clone(), inbox: inbox_tx.clone(), links };
 
         let folder_id = identity.folder;
         let mut replica = Replica::open(
             root.clone(),
             store,
             identity,
-            self.me,
+            self.endpoint.secret_key().clone(),
             self.opts.name.clone(),
             dial_tx.clone(),
             self.opts.tuning,
@@ -235,6 +234,18 @@ impl Node {
         if created {
             replica.create_folder()?;
         }
+        replica.attach(self.endpoint.clone(), membership);
+        let ticket = if let Start::Share(grant) = start {
+            if self.opts.network == NetworkMode::Internet
+                && tokio::time::timeout(ONLINE_TIMEOUT, self.endpoint.online()).await.is_err()
+            {
+                warn!("no relay reachable yet; the ticket holds direct addresses only");
+            }
+            Some(replica.issue_ticket(grant, None, None, true).map_err(|e| anyhow::anyhow!(e))?)
+        } else {
+            None
+        };
+        self.hub.folders.write().expect("folders lock").insert(folder_id, access);
         if let Start::Join(t) = &start {
             dial_tx.send(t.addr.clone()).await?;
         }
@@ -259,22 +270,6 @@ impl Node {
             RunningFolder { id: folder_id, cancel, replica, dialer, _watcher: watcher },
         );
         Ok((root, ticket))
-    }
-
-    fn ticket(&self, identity: &Identity) -> String {
-        Ticket {
-            folder: identity.folder,
-            secret: identity.secret,
-            name: self.opts.name.clone(),
-            addr: self.endpoint.addr(),
-        }
-        .encode()
-    }
-
-    fn ticket_for(&self, root: &Path, id: DocId) -> Result<String> {
-        let secret = self.hub.folders.read().expect("folders lock").get(&id).map(|f| f.secret);
-        let secret = secret.with_context(|| format!("{} is not running", root.display()))?;
-        Ok(self.ticket(&Identity { folder: id, secret, actor: ActorId::random() }))
     }
 
     /// Stops syncing the folder at `root` (its replica finishes its batch and flushes).
@@ -339,11 +334,11 @@ pub fn control_offline(
         bail!("{} is not a teatime folder: run `teatime share` or `teatime join` first", root.display());
     }
     let store = Store::open(&state_dir.join("state.redb"))?;
-    let identity = read_identity(&store)?.context("the folder has no saved state yet")?;
+    let key = Home::open(home.clone())?.secret_key()?;
+    let identity = read_identity(&store, &key.public())?.context("the folder has no saved state yet")?;
     let tuning = crate::config::Config::load(&home)?.tuning();
-    let me = Home::open(home)?.secret_key()?.public();
     let (dial_tx, _dial_rx) = mpsc::channel(1);
-    let mut replica = Replica::open(root, store, identity, me, name, dial_tx, tuning)?;
+    let mut replica = Replica::open(root, store, identity, key, name, dial_tx, tuning)?;
     let response = replica.control(req);
     replica.flush_now();
     Ok(response)

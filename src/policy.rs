@@ -14,8 +14,7 @@
 //! peer's session ([`check_folder_change`], [`allows_file_change`]): they are never
 //! applied, so they are never relayed either. Changes are judged by the session they
 //! come on; honest peers only ever hold allowed changes, so what they relay is allowed.
-//! (Changes are not signed per author: a member that forges another's changes is the
-//! hostile-peer threat model, not this one.)
+//! A `revoked` member has no rights at all, and neither has anyone not recorded.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +25,8 @@ use crate::scan::LocalOp;
 /// A member's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
+    /// Cut off by the owner (`teatime revoke`): no sessions, no changes.
+    Revoked,
     /// Receives only.
     Reader,
     /// Changes the content of existing files.
@@ -45,6 +46,7 @@ impl Role {
             "writer" => Some(Role::Writer),
             "editor" => Some(Role::Editor),
             "reader" => Some(Role::Reader),
+            "revoked" => Some(Role::Revoked),
             _ => None,
         }
     }
@@ -56,15 +58,26 @@ impl Role {
             Role::Writer => "writer",
             Role::Editor => "editor",
             Role::Reader => "reader",
+            Role::Revoked => "revoked",
         }
     }
 
-    /// The role of `member` in `folder`. A member not recorded yet (just admitted, its
-    /// record on its way) is a writer, as admission makes it.
+    /// The role of `member` in `folder`. Someone not recorded as a member has no rights.
     pub fn of(folder: &FolderDoc, member: &str) -> Role {
         match folder.members().get(member) {
             Some(m) => Role::parse(&m.role).unwrap_or(Role::Reader),
-            None => Role::Writer,
+            None => Role::Revoked,
+        }
+    }
+
+    /// The role `member` had when it wrote a change dated `at_ms` (its own clock): the
+    /// role before the owner's last change of it for earlier changes (they were made
+    /// with that right), the current one after. Someone not recorded has no rights.
+    pub fn at(members: &BTreeMap<String, teatime_crdt::Member>, member: &str, at_ms: i64) -> Role {
+        match members.get(member) {
+            None => Role::Revoked,
+            Some(m) if at_ms < m.since_ms && !m.was.is_empty() => Role::parse(&m.was).unwrap_or(Role::Reader),
+            Some(m) => Role::parse(&m.role).unwrap_or(Role::Reader),
         }
     }
 
@@ -82,7 +95,7 @@ pub fn allows_local(role: Role, op: &LocalOp) -> bool {
         Role::Editor => {
             matches!(op, LocalOp::Edit { .. } | LocalOp::EditBinary { .. } | LocalOp::Touch { .. })
         }
-        Role::Reader => matches!(op, LocalOp::Touch { .. }),
+        Role::Reader | Role::Revoked => matches!(op, LocalOp::Touch { .. }),
     }
 }
 
@@ -92,7 +105,7 @@ pub fn allows_file_change(role: Role, doc: DocId, entries: &BTreeMap<DocId, Entr
     match role {
         Role::Owner | Role::Writer => true,
         Role::Editor => entries.get(&doc).is_some_and(|e| e.deletions.is_empty()),
-        Role::Reader => false,
+        Role::Reader | Role::Revoked => false,
     }
 }
 
@@ -102,19 +115,22 @@ pub fn check_folder_change(role: Role, before: &FolderDoc, after: &FolderDoc) ->
     if role == Role::Owner {
         return Ok(());
     }
-    if role == Role::Reader {
-        return Err("a reader may not change the folder".into());
+    if role <= Role::Reader {
+        return Err(format!("a {} may not change the folder", role.as_str()));
     }
     let (mb, ma) = (before.members(), after.members());
     let roles = |m: &BTreeMap<String, teatime_crdt::Member>| -> Vec<(String, String)> {
         m.iter().map(|(id, m)| (id.clone(), m.role.clone())).collect()
     };
-    // A new member's record (admission) carries a role too: only `writer`, as admission
-    // gives; anything else, and any change of an existing role, is the owner's.
+    // A new member's record (admission) carries a role too: a writer admits writers and
+    // readers (what its tickets grant); anything else, and any change of an existing role
+    // (a revocation included), is the owner's.
     for (id, m) in &ma {
         match mb.get(id) {
-            Some(old) if old.role != m.role => return Err(format!("only the owner sets roles ({id})")),
-            None if m.role != Role::Writer.as_str() => {
+            Some(old) if (&old.role, &old.was, old.since_ms) != (&m.role, &m.was, m.since_ms) => {
+                return Err(format!("only the owner sets roles ({id})"));
+            }
+            None if m.role != Role::Writer.as_str() && m.role != Role::Reader.as_str() => {
                 return Err(format!("only the owner admits a member as {}", m.role));
             }
             _ => {}
@@ -128,7 +144,12 @@ pub fn check_folder_change(role: Role, before: &FolderDoc, after: &FolderDoc) ->
     if roles(&mb) != roles(&ma) || mb.len() != ma.len() {
         return Err("an editor may not change members".into());
     }
-    for key in ["conflict_strategy", crate::replica::SYNC_EXEC_BIT, crate::replica::TEXT_LIMIT] {
+    for key in [
+        "conflict_strategy",
+        crate::replica::SYNC_EXEC_BIT,
+        crate::replica::TEXT_LIMIT,
+        crate::replica::JOIN_APPROVAL,
+    ] {
         if before.setting(key) != after.setting(key) {
             return Err("an editor may not change settings".into());
         }

@@ -9,6 +9,7 @@
 //! | `changes_v1`   | doc id (16) ‖ seq (u64 BE)    | Automerge changes saved after the snapshot |
 //! | `index_v1`     | relative path (`/`-joined)    | postcard [`IndexEntry`]: what teatime last saw or wrote there |
 //! | `peers_v1`     | endpoint id (string)          | postcard `EndpointAddr`: where it was last reachable |
+//! | `signatures_v1`| change hash (32 bytes)        | its author's ed25519 signature (64 bytes), to relay with it |
 //!
 //! A document is its snapshot plus its changes in `seq` order; after
 //! [`MAX_CHANGE_CHUNKS`] chunks it is compacted back into one snapshot.
@@ -29,6 +30,7 @@ const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_v1");
 const CHANGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("changes_v1");
 const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index_v1");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers_v1");
+const SIGNATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("signatures_v1");
 
 /// After this many incremental chunks a document is rewritten as one snapshot, so that
 /// loading never replays a long tail of small changes.
@@ -147,12 +149,17 @@ pub struct Batch {
     pub changes: Vec<(DocId, Vec<u8>)>,
     /// Index rows written (Some) or removed (None).
     pub index: Vec<(String, Option<IndexEntry>)>,
+    /// Other members' signatures of changes received (change hash, signature).
+    pub signatures: Vec<([u8; 32], [u8; 64])>,
 }
 
 impl Batch {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.snapshots.is_empty() && self.changes.is_empty() && self.index.is_empty()
+        self.snapshots.is_empty()
+            && self.changes.is_empty()
+            && self.index.is_empty()
+            && self.signatures.is_empty()
     }
 }
 
@@ -201,8 +208,9 @@ impl Store {
         for t in [META, INDEX, PEERS] {
             tx.open_table(t)?;
         }
-        tx.open_table(DOCS)?;
-        tx.open_table(CHANGES)?;
+        for t in [DOCS, CHANGES, SIGNATURES] {
+            tx.open_table(t)?;
+        }
         tx.commit()?;
         Ok(Store { db, chunks: HashMap::new() })
     }
@@ -284,6 +292,10 @@ impl Store {
                 *next += 1;
                 *count += 1;
             }
+            let mut signatures = tx.open_table(SIGNATURES)?;
+            for (hash, sig) in &batch.signatures {
+                signatures.insert(hash.as_slice(), sig.as_slice())?;
+            }
             let mut index = tx.open_table(INDEX)?;
             for (path, entry) in &batch.index {
                 match entry {
@@ -298,6 +310,13 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The stored signatures of these changes (`None` where there is none).
+    pub fn signatures(&self, hashes: &[[u8; 32]]) -> Result<Vec<Option<[u8; 64]>>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SIGNATURES)?;
+        hashes.iter().map(|h| Ok(table.get(h.as_slice())?.and_then(|v| v.value().try_into().ok()))).collect()
     }
 
     /// Remembers where a peer was reachable.
@@ -338,10 +357,12 @@ mod tests {
                 snapshots: vec![(id, b"snap".to_vec())],
                 changes: vec![(id, b"c0".to_vec()), (id, b"c1".to_vec())],
                 index: vec![("a.md".into(), Some(entry))],
+                signatures: vec![([3; 32], [4; 64])],
             })
             .unwrap();
         }
         let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.signatures(&[[3; 32], [5; 32]]).unwrap(), vec![Some([4; 64]), None]);
         let loaded = s.load().unwrap();
         assert_eq!(loaded.docs, vec![(id, b"snap".to_vec(), vec![b"c0".to_vec(), b"c1".to_vec()])]);
         assert_eq!(loaded.index["a.md"].hash, [1; 32]);

@@ -10,8 +10,7 @@
 //!                               del:     "" | "<ms>|<by>|<seen heads hex,...>|<seen locs>",
 //!                               blob:    "<ms>|<by>|<blake3 hex>|<size>"   (binary files only)
 //!                               exec:    "1" | "" } }
-//! members:  { <endpoint id>: { name, role, tier } }
-//! actors:   { <automerge actor hex>: <endpoint id> }
+//! members:  { <endpoint id>: { name, role, tier, via, was, since } }
 //! settings: { conflict_strategy: "timestamp"|"priority"|"interactive" }
 //! ```
 //!
@@ -37,7 +36,6 @@ use crate::{DocId, ModelError};
 
 const ENTRIES: &str = "entries";
 const MEMBERS: &str = "members";
-const ACTORS: &str = "actors";
 const SETTINGS: &str = "settings";
 const STRATEGY: &str = "conflict_strategy";
 /// Separates the seen locations inside a deletion record (never in a valid name).
@@ -271,8 +269,15 @@ impl Entry {
 pub struct Member {
     /// The name the member's node gave itself.
     pub name: String,
-    /// `owner`, `writer`, `editor` or `reader`.
+    /// `owner`, `writer`, `editor`, `reader` or `revoked`.
     pub role: String,
+    /// The ticket (id hex) the member was admitted with; empty for the owner.
+    pub via: String,
+    /// The role before the owner last changed it (empty if never changed).
+    pub was: String,
+    /// When the owner last changed the role (ms since the epoch, the owner's clock; 0 if
+    /// never): changes the member made before then are judged by `was`.
+    pub since_ms: i64,
     /// Rank under the `priority` strategy (higher wins).
     pub tier: i64,
 }
@@ -289,11 +294,10 @@ impl FolderDoc {
         let mut doc = AutoCommit::new().with_actor(actor);
         doc.put_object(ROOT, ENTRIES, ObjType::Map)?;
         doc.put_object(ROOT, MEMBERS, ObjType::Map)?;
-        doc.put_object(ROOT, ACTORS, ObjType::Map)?;
         let settings = doc.put_object(ROOT, SETTINGS, ObjType::Map)?;
         doc.put(&settings, STRATEGY, Strategy::Timestamp.as_str())?;
         let mut folder = FolderDoc { doc };
-        folder.add_member(owner, owner_name, "owner")?;
+        folder.add_member(owner, owner_name, "owner", "")?;
         folder.commit();
         Ok(folder)
     }
@@ -514,8 +518,14 @@ impl FolderDoc {
         Ok(())
     }
 
-    /// Adds (or renames) a member.
-    pub fn add_member(&mut self, endpoint: &str, name: &str, role: &str) -> Result<(), ModelError> {
+    /// Adds (or renames) a member; `via` is the ticket that admitted it.
+    pub fn add_member(
+        &mut self,
+        endpoint: &str,
+        name: &str,
+        role: &str,
+        via: &str,
+    ) -> Result<(), ModelError> {
         let members = self.map(MEMBERS).ok_or(ModelError::Missing("members"))?;
         let obj = match self.doc.get(&members, endpoint)? {
             Some((Value::Object(ObjType::Map), obj)) => obj,
@@ -526,15 +536,25 @@ impl FolderDoc {
         }
         if self.str_at(&obj, "role").is_none() {
             self.doc.put(&obj, "role", role)?;
+            if !via.is_empty() {
+                self.doc.put(&obj, "via", via)?;
+            }
         }
         Ok(())
     }
 
-    /// Sets a member's role (the owner's decision).
-    pub fn set_role(&mut self, endpoint: &str, role: &str) -> Result<(), ModelError> {
+    /// Sets a member's role (the owner's decision) as of `at_ms`, keeping the role it
+    /// replaces for judging the member's earlier changes.
+    pub fn set_role(&mut self, endpoint: &str, role: &str, at_ms: i64) -> Result<(), ModelError> {
         let members = self.map(MEMBERS).ok_or(ModelError::Missing("members"))?;
         match self.doc.get(&members, endpoint)? {
             Some((Value::Object(ObjType::Map), obj)) => {
+                let old = self.str_at(&obj, "role").unwrap_or_default();
+                if old == role {
+                    return Ok(());
+                }
+                self.doc.put(&obj, "was", old)?;
+                self.doc.put(&obj, "since", at_ms)?;
                 self.doc.put(&obj, "role", role)?;
                 Ok(())
             }
@@ -562,7 +582,9 @@ impl FolderDoc {
             if let Ok(Some((Value::Object(ObjType::Map), obj))) = self.doc.get(&members, &key) {
                 let name = self.str_at(&obj, "name").unwrap_or_default();
                 let role = self.str_at(&obj, "role").unwrap_or_default();
-                let tier = match self.doc.get(&obj, "tier") {
+                let via = self.str_at(&obj, "via").unwrap_or_default();
+                let was = self.str_at(&obj, "was").unwrap_or_default();
+                let int = |field: &str| match self.doc.get(&obj, field) {
                     Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
                         ScalarValue::Int(i) => *i,
                         ScalarValue::Uint(u) => *u as i64,
@@ -570,26 +592,11 @@ impl FolderDoc {
                     },
                     _ => 0,
                 };
-                out.insert(key, Member { name, role, tier });
+                let (tier, since_ms) = (int("tier"), int("since"));
+                out.insert(key, Member { name, role, tier, via, was, since_ms });
             }
         }
         out
-    }
-
-    /// The member an Automerge actor writes for, if recorded.
-    pub fn actor_member(&self, actor: &ActorId) -> Option<String> {
-        self.str_at(&self.map(ACTORS)?, &actor.to_hex_string())
-    }
-
-    /// Records that `actor` writes on behalf of member `endpoint`, so history can say who
-    /// wrote what.
-    pub fn bind_actor(&mut self, actor: &ActorId, endpoint: &str) -> Result<(), ModelError> {
-        let actors = self.map(ACTORS).ok_or(ModelError::Missing("actors"))?;
-        let key = actor.to_hex_string();
-        if self.str_at(&actors, &key).as_deref() != Some(endpoint) {
-            self.doc.put(&actors, key, endpoint)?;
-        }
-        Ok(())
     }
 }
 

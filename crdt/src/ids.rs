@@ -21,6 +21,39 @@ pub fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// Bytes of a member's id (its EndpointId, an ed25519 public key).
+pub const MEMBER_ID_BYTES: usize = 32;
+/// Bytes added to the member id to make an actor unique per store (restore-safe: a copy
+/// of a store restored from a backup gets a new actor, never reuses sequence numbers).
+pub const ACTOR_NONCE_BYTES: usize = 8;
+
+/// The Automerge actor a member writes with: its id followed by a per-store nonce. Every
+/// change names its author this way, and peers check the author's signature against it,
+/// so nobody can write under another member's actor.
+pub fn actor_for_member(
+    member: &[u8; MEMBER_ID_BYTES],
+    nonce: [u8; ACTOR_NONCE_BYTES],
+) -> automerge::ActorId {
+    let mut bytes = member.to_vec();
+    bytes.extend_from_slice(&nonce);
+    automerge::ActorId::from(bytes)
+}
+
+/// The member (id bytes) an actor belongs to, if it has the member-actor form.
+pub fn member_bytes_of_actor(actor: &automerge::ActorId) -> Option<[u8; MEMBER_ID_BYTES]> {
+    let bytes = actor.to_bytes();
+    if bytes.len() != MEMBER_ID_BYTES + ACTOR_NONCE_BYTES {
+        return None;
+    }
+    bytes[..MEMBER_ID_BYTES].try_into().ok()
+}
+
+/// The member (id as lowercase hex, the key of the folder's member map) an actor
+/// belongs to.
+pub fn member_of_actor(actor: &automerge::ActorId) -> Option<String> {
+    member_bytes_of_actor(actor).map(|b| to_hex(&b))
+}
+
 /// The id of a document: the folder document (then it is also the folder's id) or a
 /// file's document (then it is also the id of the file's entry in the folder).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]

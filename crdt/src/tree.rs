@@ -425,8 +425,28 @@ mod tests {
 
     fn members() -> BTreeMap<String, Member> {
         BTreeMap::from([
-            ("a".to_string(), Member { name: "alice".into(), role: "owner".into(), tier: 1 }),
-            ("b".to_string(), Member { name: "bob".into(), role: "writer".into(), tier: 5 }),
+            (
+                "a".to_string(),
+                Member {
+                    name: "alice".into(),
+                    role: "owner".into(),
+                    tier: 1,
+                    via: String::new(),
+                    was: String::new(),
+                    since_ms: 0,
+                },
+            ),
+            (
+                "b".to_string(),
+                Member {
+                    name: "bob".into(),
+                    role: "writer".into(),
+                    tier: 5,
+                    via: String::new(),
+                    was: String::new(),
+                    since_ms: 0,
+                },
+            ),
         ])
     }
 

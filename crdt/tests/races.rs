@@ -125,7 +125,7 @@ fn run(n: usize, strategy: Strategy, ops: &[Op], order: &[usize]) -> Result<(), 
     let mut origin = FolderDoc::create(ActorId::from([200; 16]), "r0", "r0").unwrap();
     origin.set_strategy(strategy).unwrap();
     for i in 1..n {
-        origin.add_member(&format!("r{i}"), &format!("r{i}"), "writer").unwrap();
+        origin.add_member(&format!("r{i}"), &format!("r{i}"), "writer", "").unwrap();
     }
     origin.commit();
     let saved = origin.doc_mut().save();

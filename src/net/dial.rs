@@ -12,14 +12,16 @@ use teatime_crdt::DocId;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use super::session::Hub;
+use super::session::{AWAITING_APPROVAL, DialError, Hub};
 
 /// First retry delay.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest retry delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a join held for approval asks again (an approval is seen this fast).
+const APPROVAL_POLL: Duration = Duration::from_secs(1);
 /// A session that lasted this long counts as healthy: the next failure retries quickly.
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
@@ -55,6 +57,7 @@ pub async fn run_dialer(
         tokio::spawn(async move {
             let peer = addr.id;
             let mut backoff = MIN_BACKOFF;
+            let mut last_refusal = String::new();
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -66,15 +69,29 @@ pub async fn run_dialer(
                     _ = cancel.cancelled() => return,
                     r = hub.dial(addr, folder) => r,
                 };
-                if let Err(e) = result {
-                    debug!(peer = %peer.fmt_short(), "dial failed: {e:#}");
+                let mut delay = backoff;
+                match result {
+                    Ok(()) => last_refusal.clear(),
+                    Err(DialError::Refused(reason)) => {
+                        // Said once per reason: the user needs to know (an expired ticket,
+                        // a revoked membership), but not every few seconds.
+                        if reason != last_refusal {
+                            warn!(peer = %peer.fmt_short(), "refused: {reason}");
+                            last_refusal = reason.clone();
+                        }
+                        if reason.starts_with(AWAITING_APPROVAL) {
+                            delay = APPROVAL_POLL;
+                        }
+                    }
+                    Err(e) => debug!(peer = %peer.fmt_short(), "dial failed: {e:#}"),
                 }
                 if started.elapsed() > HEALTHY_SESSION {
                     backoff = MIN_BACKOFF;
+                    delay = backoff;
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     // A new address is worth trying at once.
                     _ = rx.changed() => {}
                 }

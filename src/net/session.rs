@@ -1,20 +1,24 @@
 //! One connection with one peer: the handshake, then two frame pumps.
 //!
-//! Nothing about a folder is sent before the dialer has proved the join secret: an
-//! acceptor answers an unknown folder or a wrong proof with `Refused` and closes.
+//! Admission: a member of the folder (by the EndpointId TLS authenticated) is welcomed at
+//! once; a revoked member, or a stranger without a live ticket, is refused before any
+//! folder data, path or document id is sent; a dialer naming a ticket this node issued
+//! must prove its secret, and is then admitted by the replica (which checks expiry, uses
+//! and join approval, and records the new member). A dialer, in turn, only dials members
+//! (or, while joining, the ticket's issuer).
 //! After the handshake, the session registers with the folder's replica task
 //! ([`crate::replica::Event::PeerUp`]) and forwards every frame it reads to it; the
 //! replica sends frames back through the session's outbox.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
-use iroh::{Endpoint, EndpointAddr};
+use iroh::{Endpoint, EndpointAddr, EndpointId};
 use teatime_crdt::DocId;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -22,7 +26,8 @@ use tracing::{debug, info, warn};
 use super::Links;
 use super::auth;
 use super::wire::{ALPN, Frame, read_frame, write_frame};
-use crate::replica::{Event, Session};
+use crate::replica::{Admission, Event, Session};
+use crate::ticket::Ticket;
 
 /// How long each handshake step may take before the connection is dropped.
 const HANDSHAKE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,11 +39,39 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// reconnects and catches up through a fresh summary exchange).
 pub const OUTBOX_CAPACITY: usize = 4096;
 
+/// Refusal reason for a join held until an owner approves it (the dialer retries often).
+pub const AWAITING_APPROVAL: &str = "awaiting approval";
+
+/// Who may hold a session for a folder, as its replica last computed it from the folder
+/// document.
+#[derive(Debug, Default, Clone)]
+pub struct Membership {
+    /// The folder document is here (a joiner is waiting for it).
+    pub ready: bool,
+    /// Members in good standing.
+    pub members: HashSet<EndpointId>,
+    /// Members cut off by `teatime revoke`.
+    pub revoked: HashSet<EndpointId>,
+    /// While this node is not a member yet: the ticket it joins with.
+    pub joining: Option<Ticket>,
+}
+
+impl Membership {
+    /// Whether a session with `peer` may start: a member, or while joining, the issuer of
+    /// the ticket.
+    pub fn admits(&self, peer: &EndpointId) -> bool {
+        if self.revoked.contains(peer) {
+            return false;
+        }
+        self.members.contains(peer) || self.joining.as_ref().is_some_and(|t| t.addr.id == *peer)
+    }
+}
+
 /// What a session needs to know about a folder this node syncs.
 #[derive(Clone)]
 pub struct FolderAccess {
-    /// The join secret.
-    pub secret: [u8; 32],
+    /// Who may connect (kept current by the replica).
+    pub membership: Arc<RwLock<Membership>>,
     /// The replica task's inbox.
     pub inbox: mpsc::Sender<Event>,
     /// Live sessions per peer.
@@ -69,51 +102,117 @@ impl Hub {
         self.folders.read().expect("folders lock").get(id).cloned()
     }
 
-    /// Dials `addr` for `folder`, proves the secret, and runs the session until it ends.
-    pub async fn dial(&self, addr: EndpointAddr, folder: DocId) -> Result<()> {
-        let access = self.folder(&folder).context("folder not served")?;
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr.clone(), ALPN))
-            .await
-            .map_err(|_| anyhow!("connecting timed out"))??;
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let hello = Frame::Hello { folder, name: self.name.clone(), addr: self.endpoint.addr() };
-        write_frame(&mut send, &hello).await?;
-        let nonce = match step(read_frame(&mut recv)).await? {
-            Frame::Challenge { nonce } => nonce,
-            Frame::Refused { reason } => bail!("refused by {}: {reason}", addr.id.fmt_short()),
-            other => bail!("unexpected frame {other:?} in handshake"),
+    /// Dials `addr` for `folder` (a member, or the issuer of the ticket this node joins
+    /// with), proves the ticket if asked, and runs the session until it ends.
+    pub async fn dial(&self, addr: EndpointAddr, folder: DocId) -> Result<(), DialError> {
+        let access = self.folder(&folder).ok_or_else(|| DialError::Failed(anyhow!("folder not served")))?;
+        let ticket = {
+            let m = access.membership.read().expect("membership lock");
+            if !m.admits(&addr.id) {
+                return Err(DialError::NotMember);
+            }
+            m.joining.clone().filter(|t| t.addr.id == addr.id)
         };
-        let mac = auth::proof(&access.secret, folder, &self.endpoint.id(), &conn.remote_id(), &nonce);
-        write_frame(&mut send, &Frame::Proof { mac }).await?;
-        let name = match step(read_frame(&mut recv)).await? {
-            Frame::Welcome { name } => name,
-            Frame::Refused { reason } => bail!("refused by {}: {reason}", addr.id.fmt_short()),
-            other => bail!("unexpected frame {other:?} in handshake"),
-        };
+        let (conn, send, recv, name) = self.handshake(&addr, folder, ticket.as_ref()).await?;
         run(conn, send, recv, access, name, addr, true).await;
         Ok(())
+    }
+
+    async fn handshake(
+        &self,
+        addr: &EndpointAddr,
+        folder: DocId,
+        ticket: Option<&Ticket>,
+    ) -> Result<(Connection, iroh::endpoint::SendStream, iroh::endpoint::RecvStream, String), DialError> {
+        let refused = |reason: String| DialError::Refused(reason);
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr.clone(), ALPN))
+            .await
+            .map_err(|_| anyhow!("connecting timed out"))?
+            .map_err(anyhow::Error::from)?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(anyhow::Error::from)?;
+        let hello = Frame::Hello {
+            folder,
+            name: self.name.clone(),
+            addr: self.endpoint.addr(),
+            ticket: ticket.map(|t| t.id),
+        };
+        write_frame(&mut send, &hello).await?;
+        let name = match step(read_frame(&mut recv)).await? {
+            Frame::Welcome { name } => name,
+            Frame::Challenge { nonce } => {
+                let Some(t) = ticket else {
+                    return Err(refused("asked for a ticket we did not name".into()));
+                };
+                let mac =
+                    auth::proof(&t.secret, folder, &t.id, &self.endpoint.id(), &conn.remote_id(), &nonce);
+                write_frame(&mut send, &Frame::Proof { mac }).await?;
+                match step(read_frame(&mut recv)).await? {
+                    Frame::Welcome { name } => name,
+                    Frame::Refused { reason } => return Err(refused(reason)),
+                    other => return Err(anyhow!("unexpected frame {other:?} in handshake").into()),
+                }
+            }
+            Frame::Refused { reason } => return Err(refused(reason)),
+            other => return Err(anyhow!("unexpected frame {other:?} in handshake").into()),
+        };
+        Ok((conn, send, recv, name))
     }
 
     async fn accept_inner(&self, conn: Connection) -> Result<()> {
         let peer = conn.remote_id();
         let (mut send, mut recv) = step_io(conn.accept_bi()).await?;
-        let (folder, name, mut addr) = match step(read_frame(&mut recv)).await? {
-            Frame::Hello { folder, name, addr } => (folder, name, addr),
+        let (folder, name, mut addr, ticket) = match step(read_frame(&mut recv)).await? {
+            Frame::Hello { folder, name, addr, ticket } => (folder, name, addr, ticket),
             other => bail!("expected Hello, got {other:?}"),
         };
         let Some(access) = self.folder(&folder) else {
             refuse(&conn, &mut send, "unknown folder").await;
             bail!("{} asked for a folder this node does not serve", peer.fmt_short());
         };
-        let nonce: [u8; 32] = rand::random();
-        write_frame(&mut send, &Frame::Challenge { nonce }).await?;
-        let mac = match step(read_frame(&mut recv)).await? {
-            Frame::Proof { mac } => mac,
-            other => bail!("expected Proof, got {other:?}"),
+        let (member, revoked) = {
+            let m = access.membership.read().expect("membership lock");
+            (m.ready && m.admits(&peer), m.revoked.contains(&peer))
         };
-        if !auth::verify(&access.secret, folder, &peer, &self.endpoint.id(), &nonce, &mac) {
-            refuse(&conn, &mut send, "wrong proof").await;
-            bail!("{} failed the join proof", peer.fmt_short());
+        if revoked {
+            refuse(&conn, &mut send, "revoked").await;
+            bail!("{} is revoked", peer.fmt_short());
+        }
+        if !member {
+            let Some(ticket) = ticket else {
+                refuse(&conn, &mut send, "not a member of this folder").await;
+                bail!("{} is not a member and named no ticket", peer.fmt_short());
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = access.inbox.send(Event::Admission(Admission::Secret { ticket, reply: tx })).await;
+            let secret = match rx.await {
+                Ok(Ok(secret)) => secret,
+                Ok(Err(reason)) => {
+                    refuse(&conn, &mut send, &reason).await;
+                    bail!("{} named a ticket that does not admit: {reason}", peer.fmt_short());
+                }
+                Err(_) => bail!("folder closing"),
+            };
+            let nonce: [u8; 32] = rand::random();
+            write_frame(&mut send, &Frame::Challenge { nonce }).await?;
+            let mac = match step(read_frame(&mut recv)).await? {
+                Frame::Proof { mac } => mac,
+                other => bail!("expected Proof, got {other:?}"),
+            };
+            if !auth::verify(&secret, folder, &ticket, &peer, &self.endpoint.id(), &nonce, &mac) {
+                refuse(&conn, &mut send, "wrong proof").await;
+                bail!("{} failed the join proof", peer.fmt_short());
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let join = Admission::Join { peer, name: name.clone(), ticket, reply: tx };
+            let _ = access.inbox.send(Event::Admission(join)).await;
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    refuse(&conn, &mut send, &reason).await;
+                    bail!("{} not admitted: {reason}", peer.fmt_short());
+                }
+                Err(_) => bail!("folder closing"),
+            }
         }
         write_frame(&mut send, &Frame::Welcome { name: self.name.clone() }).await?;
         // The id is authenticated by TLS; the announced addresses are only hints.
@@ -131,6 +230,20 @@ impl ProtocolHandler for Hub {
         }
         Ok(())
     }
+}
+
+/// Why dialing a peer did not lead to a session.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The peer is not a member (this node does not dial strangers).
+    #[error("not a member of the folder")]
+    NotMember,
+    /// The peer refused us, and said why.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Connecting or the handshake failed.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
 }
 
 async fn refuse(conn: &Connection, send: &mut iroh::endpoint::SendStream, reason: &str) {

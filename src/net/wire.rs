@@ -8,13 +8,17 @@
 //!
 //! ```text
 //! dialer                              acceptor
-//!   Hello{folder, name, addr}  ->
-//!                              <-     Challenge{nonce}
+//!   Hello{folder, name, addr, ticket}  ->
+//!                              <-     Welcome{name}                     (a member: by EndpointId)
+//!                              <-     Refused{reason}                   (not a member, no live ticket)
+//!                              <-     Challenge{nonce}                  (a ticket named: prove it)
 //!   Proof{mac}                 ->                       (see net::auth)
 //!                              <-     Welcome{name} | Refused{reason}
 //! then, both ways, any time:
 //!   Summary{doc -> heads}      one exchange to find every document that differs
-//!   Changes{doc, data, heads}  Automerge changes (or a whole save() for a doc the peer lacks)
+//!   Changes{doc, data, heads, signatures}
+//!                              Automerge changes (or a whole save() for a doc the peer
+//!                              lacks), each signed by its author
 //!   Peers{addrs}               other members and where they were last seen (the mesh)
 //!   BlobGet{hash, from, count} ask for groups of a binary file's content (crate::blob)
 //!   BlobMeta{hash, size, cvs}  its size and the chaining value of every group
@@ -51,6 +55,8 @@ pub enum Frame {
         name: String,
         /// The dialer's addresses, so the acceptor can dial back later.
         addr: EndpointAddr,
+        /// A ticket the acceptor issued, for a dialer that is not a member yet.
+        ticket: Option<crate::ticket::TicketId>,
     },
     /// The acceptor's challenge: prove the join secret against this nonce.
     Challenge {
@@ -81,10 +87,13 @@ pub enum Frame {
     Changes {
         /// The document.
         doc: DocId,
-        /// `save()` or `save_after()` bytes, applied with `load_incremental`.
+        /// A whole `save()` for a peer that lacks the document, or the changes it lacks
+        /// (uncompressed change chunks, one after the other).
         data: Vec<u8>,
         /// The sender's heads once these changes are applied.
         heads: Heads,
+        /// Each change's hash with its author's signature (see `replica::authorship`).
+        signatures: Vec<crate::replica::Signed>,
     },
     /// Members' addresses.
     Peers {
@@ -175,7 +184,12 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_oversize_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let frame = Frame::Changes { doc: DocId([1; 16]), data: vec![1, 2, 3], heads: vec![[7; 32]] };
+        let frame = Frame::Changes {
+            doc: DocId([1; 16]),
+            data: vec![1, 2, 3],
+            heads: vec![[7; 32]],
+            signatures: vec![],
+        };
         write_frame(&mut a, &frame).await.unwrap();
         assert_eq!(read_frame(&mut b).await.unwrap(), Some(frame));
 

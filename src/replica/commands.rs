@@ -2,6 +2,7 @@
 //! conflicts and their resolution.
 
 use super::*;
+use crate::ticket::Grant;
 
 impl Replica {
     /// Answers a command; changes it makes are recorded, written and sent at the next flush.
@@ -71,7 +72,7 @@ impl Replica {
                 if id == self.me.to_string() {
                     return Err("the owner keeps the owner role".into());
                 }
-                self.folder.set_role(&id, role.as_str()).map_err(|e| e.to_string())?;
+                self.folder.set_role(&id, role.as_str(), now_ms() as i64).map_err(|e| e.to_string())?;
                 true
             }
             Request::Lock(path) => {
@@ -115,6 +116,15 @@ impl Replica {
                 true
             }
             Request::Conflicts => return Ok(json!(self.conflicts())),
+            Request::Ticket { read_only, expires_secs, uses, standing } => {
+                let grant = if read_only { Grant::Read } else { Grant::Write };
+                let expires = expires_secs.map(Duration::from_secs);
+                let ticket = self.issue_ticket(grant, expires, uses, standing)?;
+                return Ok(json!({"ticket": ticket}));
+            }
+            Request::Tickets => return self.ticket_list(),
+            Request::Revoke(who) => return self.revoke(&who).map(|m| json!(m)),
+            Request::Approve(handle) => return self.approve(handle),
             Request::Resolve { id, keep } => {
                 self.resolve(&id, &keep)?;
                 true
@@ -136,6 +146,7 @@ impl Replica {
             SYNC_EXEC_BIT => if self.exec_synced() { "on" } else { "off" }.to_string(),
             TEXT_LIMIT => self.text_limit().to_string(),
             LOCK_LEASE => self.lease().as_secs().to_string(),
+            JOIN_APPROVAL => self.folder.setting(JOIN_APPROVAL).unwrap_or_else(|| "off".into()),
             "tracking" => local::tracking(&self.store).map_err(err)?.as_str().to_string(),
             "mode" => self.mode().as_str().to_string(),
             _ => return Err(unknown_setting(key)),
@@ -175,6 +186,13 @@ impl Replica {
                     .filter(|s| *s > 0)
                     .ok_or_else(|| format!("{LOCK_LEASE} is a number of seconds, not {value:?}"))?;
                 self.folder.set_setting(LOCK_LEASE, &secs.to_string()).map_err(|e| e.to_string())?;
+                Ok(true)
+            }
+            JOIN_APPROVAL => {
+                if !matches!(value, "on" | "off") {
+                    return Err(format!("{JOIN_APPROVAL} is on or off, not {value:?}"));
+                }
+                self.folder.set_setting(JOIN_APPROVAL, value).map_err(|e| e.to_string())?;
                 Ok(true)
             }
             "mode" => {

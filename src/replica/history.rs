@@ -51,8 +51,7 @@ impl Replica {
 
     fn member_name(&self, actor: &automerge::ActorId) -> String {
         let members = self.folder.members();
-        self.folder
-            .actor_member(actor)
+        teatime_crdt::ids::member_of_actor(actor)
             .map(|id| members.get(&id).map(|m| m.name.clone()).unwrap_or(id))
             .unwrap_or_else(|| "unknown".into())
     }

@@ -37,12 +37,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+mod admission;
+mod authorship;
 mod binary;
 mod commands;
 mod history;
 mod locking;
 mod roles;
 mod status;
+
+pub use admission::{Admission, JOIN_APPROVAL};
+pub use authorship::Signed;
+use authorship::{Apply, Refusal};
 
 use crate::apply::{self, Body, Content, materialize};
 use crate::blob::{self, Fetches, Hash, Hashed, Next};
@@ -82,6 +88,8 @@ const FETCH_POLL: Duration = Duration::from_secs(5);
 const SIMULTANEOUS_DIAL: Duration = Duration::from_secs(3);
 /// How many events are handled before a flush, so a flood of frames is batched.
 const MAX_EVENTS_PER_FLUSH: usize = 256;
+/// Changes frames kept while their authors' admission is on its way.
+const MAX_PARKED_FRAMES: usize = 1024;
 /// Rounds of "write remote change, find a local edit, ingest it" before giving up for now.
 const MAX_MATERIALIZE_ROUNDS: usize = 4;
 
@@ -118,6 +126,8 @@ pub enum Event {
         /// The session.
         conn_id: u64,
     },
+    /// A session asks who may join (see [`Admission`]).
+    Admission(Admission),
     /// A frame from a peer.
     Frame {
         /// The peer.
@@ -150,9 +160,8 @@ struct Link {
 pub struct Identity {
     /// The folder (and folder document) id.
     pub folder: DocId,
-    /// The join secret.
-    pub secret: [u8; 32],
-    /// This replica's Automerge actor.
+    /// This replica's Automerge actor: this node's id and a per-store nonce (see
+    /// [`teatime_crdt::ids::actor_for_member`]).
     pub actor: ActorId,
 }
 
@@ -218,6 +227,19 @@ pub struct Replica {
     /// Documents whose materialisation failed, and when to try again.
     retry: HashSet<DocId>,
     retry_at: Option<Instant>,
+    /// This node's key: it signs our changes (see [`authorship`]).
+    key: iroh::SecretKey,
+    /// Signatures of changes received since the last flush (persisted with them).
+    unsaved_signatures: HashMap<[u8; 32], iroh::Signature>,
+    /// Changes frames whose authors are not known members yet, with their sender.
+    parked: Vec<(EndpointId, Frame)>,
+    /// Who sessions admit, shared with them (see [`admission`]).
+    membership: Arc<std::sync::RwLock<crate::net::session::Membership>>,
+    /// Joins waiting for `teatime approve`.
+    join_requests: HashMap<EndpointId, admission::JoinRequest>,
+    /// The node's endpoint, for the addresses tickets carry (none when a command runs
+    /// without a node).
+    endpoint: Option<iroh::Endpoint>,
 }
 
 /// The rendered tree, recomputed only when the folder document changed or a file
@@ -294,11 +316,12 @@ impl Replica {
         root: PathBuf,
         mut store: Store,
         id: Identity,
-        me: EndpointId,
+        key: iroh::SecretKey,
         my_name: String,
         dial: mpsc::Sender<EndpointAddr>,
         tuning: Tuning,
     ) -> Result<Replica> {
+        let me = key.public();
         let loaded = store.load()?;
         let mut folder = None;
         let mut files = HashMap::new();
@@ -325,7 +348,7 @@ impl Replica {
         let exec_was_synced = folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on");
         let paused = local::paused(&store)?;
         let mode = local::mode(&store)?;
-        Ok(Replica {
+        let mut replica = Replica {
             mode,
             peer_filters: HashMap::new(),
             progress: Default::default(),
@@ -362,13 +385,34 @@ impl Replica {
             retry: HashSet::new(),
             retry_at: None,
             received_whole: HashMap::new(),
-        })
+            key,
+            unsaved_signatures: HashMap::new(),
+            parked: Vec::new(),
+            membership: Default::default(),
+            join_requests: HashMap::new(),
+            endpoint: None,
+        };
+        replica.refresh_membership();
+        Ok(replica)
+    }
+
+    /// Connects the replica to its node: the endpoint (for tickets) and the membership
+    /// snapshot its sessions check.
+    pub fn attach(
+        &mut self,
+        endpoint: iroh::Endpoint,
+        membership: Arc<std::sync::RwLock<crate::net::session::Membership>>,
+    ) {
+        self.endpoint = Some(endpoint);
+        self.membership = membership;
+        self.refresh_membership();
     }
 
     /// Creates the folder document for a folder shared from here (first share only).
     pub fn create_folder(&mut self) -> Result<()> {
         self.folder = FolderDoc::create(self.id.actor.clone(), &self.me.to_string(), &self.my_name)?;
         self.dirty.insert(self.id.folder);
+        self.refresh_membership();
         Ok(())
     }
 
@@ -518,11 +562,17 @@ impl Replica {
             Event::Control(req, reply) => {
                 let _ = reply.send(self.control(req));
             }
+            Event::Admission(request) => self.admission(request),
         }
     }
 
     fn peer_up(&mut self, session: Session) {
-        let Session { peer, name, addr, conn_id, dialed_by_me, outbox, conn } = session;
+        let Session { peer, name: _, addr, conn_id, dialed_by_me, outbox, conn } = session;
+        if !self.membership.read().expect("membership lock").admits(&peer) {
+            // Revoked between its handshake and now.
+            conn.close(6u32.into(), b"not a member");
+            return;
+        }
         if self.paused {
             info!(peer = %peer.fmt_short(), "refusing a session: syncing is paused");
             conn.close(5u32.into(), b"paused");
@@ -549,16 +599,6 @@ impl Replica {
             self.store.save_peer(&peer.to_string(), &postcard::to_stdvec(&addr).unwrap_or_default())
         {
             warn!("could not remember peer address: {e:#}");
-        }
-        if self.folder.is_ready()
-            && self.my_role().writes_tree()
-            && !self.folder.members().contains_key(&peer.to_string())
-        {
-            info!(peer = %peer.fmt_short(), %name, "new member joined");
-            if self.folder.add_member(&peer.to_string(), &name, "writer").is_ok() {
-                self.folder.commit_at(now_ms() as i64);
-                self.dirty.insert(self.id.folder);
-            }
         }
         let link = Link {
             since: Instant::now(),
@@ -651,42 +691,16 @@ impl Replica {
                     self.push(peer, doc);
                 }
             }
-            Frame::Changes { doc, data, heads } => {
-                if let Err(why) = self.admit(peer, doc, &data) {
-                    if self.reported.insert(format!("refused\0{peer}\0{why}")) {
-                        warn!(peer = %peer.fmt_short(), doc = %doc.short(), "refusing changes outside the peer's role: {why}");
-                    }
-                    return;
-                }
-                let pre_text = self.files.get(&doc).and_then(|f| f.text());
-                let d = self.doc_mut(doc);
-                let before = d.get_heads();
-                if let Err(e) = d.load_incremental(&data) {
-                    warn!(peer = %peer.fmt_short(), doc = %doc.short(), "refusing malformed changes: {e}");
-                    if let Some(link) = self.peers.remove(&peer) {
-                        link.conn.close(4u32.into(), b"malformed changes");
-                    }
-                    return;
-                }
-                let after = d.get_heads();
-                if before.is_empty() && !after.is_empty() {
-                    self.received_whole.insert(doc, (after.clone(), data));
-                }
-                if before != after {
-                    self.dirty.insert(doc);
-                    self.remote_changed.insert(doc);
-                    let theirs: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
-                    if let Some(pre) = pre_text {
-                        self.undo_double_apply(doc, &pre, &theirs);
-                    }
-                }
-                if let Some(link) = self.peers.get_mut(&peer) {
-                    link.known.insert(doc, after);
-                }
+            Frame::Changes { doc, data, heads, signatures } => {
+                self.receive_changes(peer, doc, data, heads, signatures)
             }
             Frame::Peers { peers } => {
+                let members = self.folder.members();
                 for addr in peers {
-                    if addr.id != self.me && !self.peers.contains_key(&addr.id) {
+                    // Only members are remembered and dialed: a peer cannot point us at
+                    // a stranger (who would learn the folder's id from our Hello).
+                    let member = members.get(&addr.id.to_string()).is_some_and(|m| m.role != "revoked");
+                    if member && addr.id != self.me && !self.peers.contains_key(&addr.id) {
                         let _ = self
                             .store
                             .save_peer(&addr.id.to_string(), &postcard::to_stdvec(&addr).unwrap_or_default());
@@ -723,6 +737,85 @@ impl Replica {
         }
     }
 
+    /// Checks a peer's changes (authorship, roles) and applies them.
+    fn receive_changes(
+        &mut self,
+        peer: EndpointId,
+        doc: DocId,
+        data: Vec<u8>,
+        heads: Heads,
+        signatures: Vec<Signed>,
+    ) {
+        let incoming = match self.incoming(doc, &data) {
+            Ok(i) => i,
+            Err(why) => return self.drop_peer(peer, &format!("malformed changes: {why}")),
+        };
+        let kept = match self.check_authorship(doc, &incoming, &signatures) {
+            Ok(kept) => kept,
+            Err(Refusal::Forged(why)) => return self.drop_peer(peer, &why),
+            Err(Refusal::NotAllowed(why)) => {
+                if self.reported.insert(format!("refused\0{peer}\0{why}")) {
+                    warn!(peer = %peer.fmt_short(), doc = %doc.short(), "refusing changes outside their author's role: {why}");
+                }
+                return;
+            }
+            Err(Refusal::UnknownAuthor) => {
+                // Its author's admission has not reached us: try again once the folder
+                // document changes (bounded: a flood of such frames is dropped, and
+                // recovered by the summary exchange of the next session).
+                if self.parked.len() < MAX_PARKED_FRAMES {
+                    self.parked.push((peer, Frame::Changes { doc, data, heads, signatures }));
+                }
+                return;
+            }
+        };
+        self.unsaved_signatures.extend(kept);
+        let pre_text = self.files.get(&doc).and_then(|f| f.text());
+        let d = self.doc_mut(doc);
+        let before = d.get_heads();
+        let applied = match incoming.apply {
+            Apply::Changes(changes) => d.apply_changes(changes).map(|_| ()),
+            Apply::Replace(whole) => {
+                *d = *whole;
+                Ok(())
+            }
+        };
+        if let Err(e) = applied {
+            return self.drop_peer(peer, &format!("malformed changes: {e}"));
+        }
+        let after = d.get_heads();
+        if before.is_empty() && !after.is_empty() {
+            self.received_whole.insert(doc, (after.clone(), data));
+        }
+        if before != after {
+            self.dirty.insert(doc);
+            self.remote_changed.insert(doc);
+            let theirs: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
+            if let Some(pre) = pre_text {
+                self.undo_double_apply(doc, &pre, &theirs);
+            }
+            if doc == self.id.folder {
+                self.refresh_membership();
+                for (peer, frame) in std::mem::take(&mut self.parked) {
+                    if self.peers.contains_key(&peer) {
+                        self.frame(peer, frame);
+                    }
+                }
+            }
+        }
+        if let Some(link) = self.peers.get_mut(&peer) {
+            link.known.insert(doc, after);
+        }
+    }
+
+    /// Ends the session with a peer that sent something broken or forged.
+    fn drop_peer(&mut self, peer: EndpointId, why: &str) {
+        warn!(peer = %peer.fmt_short(), "disconnecting: {why}");
+        if let Some(link) = self.peers.remove(&peer) {
+            link.conn.close(4u32.into(), b"malformed or forged changes");
+        }
+    }
+
     /// The same outside change taken in on two peers at once (both ran `git pull`, both
     /// copied the same file in) arrives as two concurrent edits that insert the same text
     /// twice. When the peer's version and ours were the same text before the merge, the
@@ -756,27 +849,24 @@ impl Replica {
         if known.as_ref() == Some(&heads) {
             return;
         }
-        let data = match known {
-            // Only heads we have can bound what to send; unknown ones are theirs to send us.
-            Some(k) => {
-                let base: Vec<ChangeHash> = if d.get_missing_deps(&[]).is_empty() {
-                    // Nothing queued: a change-graph lookup says exactly which we have
-                    // (get_change_by_hash would rebuild each change, O(document)).
-                    let missing = d.get_missing_deps(&k);
-                    k.into_iter().filter(|h| !missing.contains(h)).collect()
-                } else {
-                    k.into_iter().filter(|h| d.get_change_by_hash(h).is_some()).collect()
-                };
-                if base.is_empty() { d.save() } else { d.save_after(&base) }
+        // Only heads we have can bound what to send; unknown ones are theirs to send us.
+        let base: Vec<ChangeHash> = match known {
+            Some(k) if d.get_missing_deps(&[]).is_empty() => {
+                // Nothing queued: a change-graph lookup says exactly which we have
+                // (get_change_by_hash would rebuild each change, O(document)).
+                let missing = d.get_missing_deps(&k);
+                k.into_iter().filter(|h| !missing.contains(h)).collect()
             }
-            None => d.save(),
+            Some(k) => k.into_iter().filter(|h| d.get_change_by_hash(h).is_some()).collect(),
+            None => Vec::new(),
         };
+        let outgoing = self.outgoing(doc, &base);
         if let Some(link) = self.peers.get_mut(&peer) {
             link.known.insert(doc, heads.clone());
         }
-        if !data.is_empty() {
+        if let Some((data, signatures)) = outgoing {
             let heads = hashes(&heads);
-            self.send(peer, Frame::Changes { doc, data, heads });
+            self.send(peer, Frame::Changes { doc, data, heads, signatures });
         }
     }
 
@@ -802,24 +892,8 @@ impl Replica {
         if !self.folder.is_ready() {
             return; // a joiner waits for the folder document before recording anything
         }
-        self.bind_actor();
         if let Some((scope, _, _)) = self.pending.take() {
             self.scan(scope);
-        }
-    }
-
-    /// Records once that this replica's Automerge actor writes for this node, so history
-    /// can say who wrote what.
-    fn bind_actor(&mut self) {
-        if self.my_role() == Role::Reader {
-            return; // a reader writes nothing
-        }
-        let me = self.me.to_string();
-        if self.folder.actor_member(&self.id.actor).as_deref() != Some(me.as_str())
-            && self.folder.bind_actor(&self.id.actor, &me).is_ok()
-        {
-            self.folder.commit_at(now_ms() as i64);
-            self.dirty.insert(self.id.folder);
         }
     }
 
@@ -1304,9 +1378,12 @@ impl Replica {
             }
             self.saved.insert(*doc, heads);
         }
+        let signatures = std::mem::take(&mut self.unsaved_signatures);
+        batch.signatures = signatures.iter().map(|(h, s)| (*h, s.to_bytes())).collect();
         if let Err(e) = self.store.commit(batch) {
             // Keep them dirty: they are retried at the next flush and not sent before.
             warn!("could not persist changes: {e:#}");
+            self.unsaved_signatures = signatures;
             self.dirty = dirty;
             for doc in &self.dirty {
                 self.saved.remove(doc);

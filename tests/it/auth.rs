@@ -121,8 +121,14 @@ impl Client {
         let _ = write_frame(&mut self.send, frame).await;
     }
 
-    async fn hello(&mut self, folder: DocId) {
-        let hello = Frame::Hello { folder, name: "mallory".into(), addr: self.endpoint.addr() };
+    /// Says hello for `folder`, naming the ticket's id (as a joiner does) when given one.
+    async fn hello(&mut self, folder: DocId, ticket: Option<&Ticket>) {
+        let hello = Frame::Hello {
+            folder,
+            name: "mallory".into(),
+            addr: self.endpoint.addr(),
+            ticket: ticket.map(|t| t.id),
+        };
         self.send(&hello).await;
     }
 
@@ -146,7 +152,14 @@ impl Client {
             Read::Frame(Frame::Challenge { nonce }) => nonce,
             other => panic!("expected Challenge after Hello, got {other:?}"),
         };
-        let mac = auth::proof(secret, ticket.folder, &self.endpoint.id(), &self.conn.remote_id(), &nonce);
+        let mac = auth::proof(
+            secret,
+            ticket.folder,
+            &ticket.id,
+            &self.endpoint.id(),
+            &self.conn.remote_id(),
+            &nonce,
+        );
         self.send(&Frame::Proof { mac }).await;
         self.send_eagerly(&Frame::Summary { docs: Vec::new() }).await;
     }
@@ -218,7 +231,7 @@ fn a_wrong_proof_is_refused_and_receives_no_folder_data() {
     wrong[0] ^= 1;
     let (received, short) = rt.block_on(async {
         let mut client = Client::connect(&ticket).await;
-        client.hello(ticket.folder).await;
+        client.hello(ticket.folder, Some(&ticket)).await;
         client.prove(&ticket, &wrong).await;
         client.expect_refused_then_nothing("a proof made with the wrong secret").await;
         let out = (client.received().to_vec(), client.endpoint.id().fmt_short().to_string());
@@ -242,9 +255,16 @@ fn a_hello_for_an_unknown_folder_is_refused_with_nothing_else() {
     unknown.0[0] ^= 1;
     let (received, short) = rt.block_on(async {
         let mut client = Client::connect(&ticket).await;
-        client.hello(unknown).await;
+        client.hello(unknown, Some(&ticket)).await;
         // An eager client pipelines a proof (for the real secret) and a summary anyway.
-        let mac = auth::proof(&ticket.secret, unknown, &client.endpoint.id(), &ticket.addr.id, &[0; 32]);
+        let mac = auth::proof(
+            &ticket.secret,
+            unknown,
+            &ticket.id,
+            &client.endpoint.id(),
+            &ticket.addr.id,
+            &[0; 32],
+        );
         client.send_eagerly(&Frame::Proof { mac }).await;
         client.send_eagerly(&Frame::Summary { docs: Vec::new() }).await;
         client.expect_refused_then_nothing("a Hello for an unknown folder").await;
@@ -270,7 +290,7 @@ fn the_right_proof_is_welcomed_and_receives_the_folder() {
     let rt = runtime();
     let short = rt.block_on(async {
         let mut client = Client::connect(&ticket).await;
-        client.hello(ticket.folder).await;
+        client.hello(ticket.folder, Some(&ticket)).await;
         client.prove(&ticket, &ticket.secret).await;
         match client.read("the answer to the right proof").await {
             Read::Frame(Frame::Welcome { .. }) => {}

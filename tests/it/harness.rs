@@ -376,6 +376,10 @@ impl Peer {
         &self.dir
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn home(&self) -> &Path {
         &self.home
     }

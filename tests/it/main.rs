@@ -9,6 +9,7 @@
 
 mod auth;
 mod binary;
+mod capabilities;
 mod daemon;
 mod harness;
 mod history;

@@ -39,7 +39,9 @@ fn changes_a_demoted_member_made_offline_are_refused_by_the_others() {
     });
     a.write("from-a.md", "after\n");
     wait_until("a's file to reach b", || b.read("from-a.md").is_some());
-    wait_until("a to log the refusal", || a.log_text().contains("refusing changes outside the peer's role"));
+    wait_until("a to log the refusal", || {
+        a.log_text().contains("refusing changes outside their author's role")
+    });
 
     // Nothing of B's reached A.
     assert_eq!(a.read("notes.md").as_deref(), Some(&b"one\n"[..]));

@@ -1,0 +1,343 @@
+//! Authorship: every change is signed by the member that wrote it, and every change a
+//! peer sends is checked before Automerge applies it.
+//!
+//! An actor is a member's EndpointId followed by a per-store nonce
+//! ([`teatime_crdt::ids::actor_for_member`]), and a change travels with its author's
+//! ed25519 signature over the change hash (which covers actor, sequence number,
+//! dependencies and operations). So a change names its author, and nobody can write under
+//! another member's actor: not a peer that relays it, not a member forging it. The checks,
+//! in order:
+//!
+//! 1. the payload is parsed into changes without applying them (change chunks one by one;
+//!    compressed change chunks are refused: this peer never sends them, and inflating them
+//!    is unbounded);
+//! 2. each change's actor has the member form and its signature verifies under that
+//!    member's key ([`Refusal::Forged`] otherwise: the sending peer is disconnected);
+//! 3. each author is a member whose role, at the change's time, allows the change
+//!    ([`crate::policy`]; [`Refusal::NotAllowed`]), or not known yet
+//!    ([`Refusal::UnknownAuthor`]: the frame waits for the folder document).
+//!
+//! Signatures of our own changes are made when they are first sent (ed25519 is
+//! deterministic, so nothing needs storing); other members' are stored with the changes,
+//! to relay.
+
+use automerge::Change;
+use iroh::{PublicKey, Signature};
+
+use super::*;
+
+/// Separates teatime change signatures from anything else a node key signs.
+const DOMAIN: &[u8] = b"teatime/change/v1";
+
+/// Automerge chunk header: magic bytes, then a 4-byte checksum, then the chunk type.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const CHUNK_DOCUMENT: u8 = 0;
+const CHUNK_CHANGE: u8 = 1;
+
+/// A change hash and its author's signature.
+pub type Signed = ([u8; 32], Signature);
+
+/// Why a peer's changes were not applied.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Malformed, unsigned or signed by someone else than its author: the peer is broken or
+    /// hostile.
+    Forged(String),
+    /// Signed, but outside its author's role.
+    NotAllowed(String),
+    /// Signed by someone this replica does not know as a member yet (its admission is
+    /// still on its way).
+    UnknownAuthor,
+}
+
+/// What the checks need to know of one change.
+pub struct ChangeInfo {
+    hash: [u8; 32],
+    actor: automerge::ActorId,
+    timestamp: i64,
+}
+
+impl From<&Change> for ChangeInfo {
+    fn from(c: &Change) -> Self {
+        ChangeInfo { hash: c.hash().0, actor: c.actor_id().clone(), timestamp: c.timestamp() }
+    }
+}
+
+impl From<automerge::ChangeMetadata<'_>> for ChangeInfo {
+    fn from(m: automerge::ChangeMetadata<'_>) -> Self {
+        ChangeInfo { hash: m.hash.0, actor: m.actor.into_owned(), timestamp: m.timestamp }
+    }
+}
+
+/// A peer's payload, parsed but not applied.
+pub struct Incoming {
+    /// The changes it adds.
+    pub infos: Vec<ChangeInfo>,
+    /// How to apply them.
+    pub apply: Apply,
+}
+
+/// How a checked payload is applied.
+pub enum Apply {
+    /// Changes, applied one by one.
+    Changes(Vec<Change>),
+    /// A whole document (`save()`), already loaded (and merged with ours): it replaces
+    /// ours, so nothing is decoded twice.
+    Replace(Box<AutoCommit>),
+}
+
+fn message(folder: DocId, hash: &[u8; 32]) -> Vec<u8> {
+    [DOMAIN, &folder.0, hash].concat()
+}
+
+/// Splits a payload into Automerge chunks: (type, whole chunk bytes).
+fn chunks(mut data: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 9 || data[..4] != CHUNK_MAGIC {
+            return Err("not an Automerge chunk".into());
+        }
+        let kind = data[8];
+        let (len, leb_bytes) = uleb(&data[9..]).ok_or("bad chunk length")?;
+        let end = 9usize
+            .checked_add(leb_bytes)
+            .and_then(|h| h.checked_add(usize::try_from(len).ok()?))
+            .filter(|end| *end <= data.len())
+            .ok_or("truncated chunk")?;
+        out.push((kind, &data[..end]));
+        data = &data[end..];
+    }
+    Ok(out)
+}
+
+/// Unsigned LEB128: the value and how many bytes it took.
+fn uleb(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+impl Replica {
+    /// Signs our own change.
+    fn sign(&self, hash: &ChangeHash) -> Signature {
+        self.key.sign(&message(self.id.folder, &hash.0))
+    }
+
+    /// The signatures that go with changes (hash, actor) when they are sent: ours made
+    /// now, others' from the store. A change without one is sent unsigned (peers will
+    /// refuse it).
+    pub(super) fn signatures_for(
+        &mut self,
+        changes: impl Iterator<Item = (ChangeHash, bool)>,
+    ) -> Vec<Signed> {
+        let mut out = Vec::new();
+        let mut theirs = Vec::new();
+        for (hash, mine) in changes {
+            if mine {
+                out.push((hash.0, self.sign(&hash)));
+            } else if let Some(sig) = self.unsaved_signatures.get(&hash.0) {
+                out.push((hash.0, *sig));
+            } else {
+                theirs.push(hash.0);
+            }
+        }
+        if !theirs.is_empty() {
+            match self.store.signatures(&theirs) {
+                Ok(found) => {
+                    for (hash, sig) in theirs.iter().zip(found) {
+                        if let Some(sig) = sig {
+                            out.push((*hash, Signature::from_bytes(&sig)));
+                        }
+                    }
+                }
+                Err(e) => warn!("could not read signatures: {e:#}"),
+            }
+        }
+        out
+    }
+
+    /// What to send `peer`-side for `doc` past `base` (our heads it has): the payload, and
+    /// each change's signature. Nothing when it has everything.
+    pub(super) fn outgoing(&mut self, doc: DocId, base: &[ChangeHash]) -> Option<(Vec<u8>, Vec<Signed>)> {
+        let me = self.id.actor.clone();
+        let d = self.doc_mut(doc);
+        if base.is_empty() {
+            // A whole document: its save() is far smaller than its changes, and the
+            // change metadata (no operations) is enough to sign.
+            let data = d.save();
+            let metas: Vec<(ChangeHash, bool)> =
+                d.get_changes_meta(&[]).into_iter().map(|m| (m.hash, *m.actor == me)).collect();
+            if metas.is_empty() {
+                return None;
+            }
+            let sigs = self.signatures_for(metas.into_iter());
+            return Some((data, sigs));
+        }
+        let changes = d.get_changes(base);
+        if changes.is_empty() {
+            return None;
+        }
+        let data: Vec<u8> = changes.iter().flat_map(|c| c.raw_bytes().iter().copied()).collect();
+        let sigs = self.signatures_for(changes.iter().map(|c| (c.hash(), *c.actor_id() == me)));
+        Some((data, sigs))
+    }
+
+    /// Parses a peer's payload for `doc` into the changes it would add.
+    pub(super) fn incoming(&mut self, doc: DocId, data: &[u8]) -> Result<Incoming, String> {
+        let chunks = chunks(data)?;
+        if chunks.iter().all(|(kind, _)| *kind == CHUNK_CHANGE) {
+            let changes = chunks
+                .into_iter()
+                .map(|(_, bytes)| Change::try_from(bytes).map_err(|e| format!("unreadable change: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let infos = changes.iter().map(ChangeInfo::from).collect();
+            return Ok(Incoming { infos, apply: Apply::Changes(changes) });
+        }
+        if chunks.len() != 1 || chunks[0].0 != CHUNK_DOCUMENT {
+            return Err("a payload mixing documents and changes, or a compressed change".into());
+        }
+        let actor = self.id.actor.clone();
+        let d = self.doc_mut(doc);
+        let ours = d.get_heads();
+        // A whole document, usually for one we lack; for one we have (the sender did not
+        // know our heads), what it adds is what a copy of ours gains from it.
+        // (A fork gets a random actor: ours is set back, it replaces our document.)
+        let mut merged = if ours.is_empty() { AutoCommit::new() } else { d.fork() }.with_actor(actor);
+        merged.load_incremental(data).map_err(|e| format!("unreadable document: {e}"))?;
+        let infos = merged.get_changes_meta(&ours).into_iter().map(ChangeInfo::from).collect();
+        Ok(Incoming { infos, apply: Apply::Replace(Box::new(merged)) })
+    }
+
+    /// Checks each change's signature against its author, and the author's role.
+    /// Returns the signatures to keep (to relay the changes).
+    pub(super) fn check_authorship(
+        &mut self,
+        doc: DocId,
+        incoming: &Incoming,
+        signatures: &[Signed],
+    ) -> Result<Vec<Signed>, Refusal> {
+        let sigs: HashMap<[u8; 32], Signature> = signatures.iter().copied().collect();
+        let mut kept = Vec::with_capacity(incoming.infos.len());
+        let mut authors: BTreeMap<String, i64> = BTreeMap::new();
+        for c in &incoming.infos {
+            let hash = c.hash;
+            let author = teatime_crdt::ids::member_bytes_of_actor(&c.actor)
+                .and_then(|b| PublicKey::from_bytes(&b).ok())
+                .ok_or_else(|| {
+                    Refusal::Forged(format!("change by actor {} which is no member's", c.actor))
+                })?;
+            let sig = sigs.get(&hash).ok_or_else(|| Refusal::Forged("an unsigned change".into()))?;
+            author.verify(&message(self.id.folder, &hash), sig).map_err(|_| {
+                Refusal::Forged(format!("a change not signed by its author {}", author.fmt_short()))
+            })?;
+            kept.push((hash, *sig));
+            // Each author is judged at the time of its latest change here: a role the owner
+            // took away applies from then on.
+            let at = authors.entry(author.to_string()).or_insert(i64::MIN);
+            *at = (*at).max(c.timestamp);
+        }
+        if !self.folder.is_ready() {
+            // Joining: the folder (and who may do what) comes from the ticket's issuer.
+            return Ok(kept);
+        }
+        let members = self.folder.members();
+        if doc == self.id.folder {
+            self.check_folder_authors(&authors, &incoming.apply)?;
+        } else {
+            self.tree.get(&mut self.folder, &mut self.files);
+            for (author, at) in &authors {
+                if !members.contains_key(author) {
+                    return Err(Refusal::UnknownAuthor);
+                }
+                let role = Role::at(&members, author, *at);
+                if !policy::allows_file_change(role, doc, &self.tree.entries) {
+                    return Err(Refusal::NotAllowed(format!(
+                        "a {} may not change the content of this file",
+                        role.as_str()
+                    )));
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Folder-document changes are tried on a copy: the owner's are taken as they are,
+    /// then the rest must pass [`policy::check_folder_change`] for the least privileged
+    /// of their authors (as recorded once they apply: a new member's first changes may
+    /// come with its admission).
+    fn check_folder_authors(
+        &mut self,
+        authors: &BTreeMap<String, i64>,
+        apply: &Apply,
+    ) -> Result<(), Refusal> {
+        let before_heads = self.folder.doc_mut().get_heads();
+        let mut after = FolderDoc::from_doc(match apply {
+            Apply::Replace(whole) => (**whole).clone(),
+            Apply::Changes(changes) => {
+                let mut after = self.folder.doc_mut().fork();
+                after.apply_changes(changes.iter().cloned()).map_err(|e| Refusal::Forged(e.to_string()))?;
+                after
+            }
+        });
+        let members = after.members();
+        let owners: BTreeSet<String> = self
+            .folder
+            .members()
+            .into_iter()
+            .filter(|(_, m)| m.role == Role::Owner.as_str())
+            .map(|(id, _)| id)
+            .collect();
+        let owner = |id: &str| owners.contains(id);
+        let mut least = Role::Owner;
+        for (author, at) in authors {
+            if owner(author) {
+                continue;
+            }
+            if !members.contains_key(author) {
+                return Err(Refusal::UnknownAuthor);
+            }
+            least = least.min(Role::at(&members, author, *at));
+        }
+        if least == Role::Owner {
+            return Ok(());
+        }
+        let mut base = self.folder.doc_mut().fork();
+        let by_owner: Vec<automerge::Change> = after
+            .doc_mut()
+            .get_changes(&before_heads)
+            .into_iter()
+            .filter(|c| teatime_crdt::ids::member_of_actor(c.actor_id()).is_some_and(|m| owner(&m)))
+            .collect();
+        base.apply_changes(by_owner).map_err(|e| Refusal::Forged(e.to_string()))?;
+        policy::check_folder_change(least, &FolderDoc::from_doc(base), &after).map_err(Refusal::NotAllowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_split_into_their_changes() {
+        let mut doc = AutoCommit::new();
+        automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "a", 1).unwrap();
+        doc.commit();
+        let first = doc.get_heads();
+        automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "b", "x".repeat(300)).unwrap();
+        doc.commit();
+        automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "c", 3).unwrap();
+        doc.commit();
+        let after = doc.save_after(&first);
+        let parts = chunks(&after).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert!(parts.iter().all(|(k, _)| *k == CHUNK_CHANGE));
+        assert_eq!(chunks(&doc.save()).unwrap().len(), 1);
+        assert!(chunks(&after[..after.len() - 1]).is_err(), "a truncated payload");
+        assert!(chunks(b"garbage garbage").is_err());
+    }
+}
