@@ -293,5 +293,28 @@ impl Replica {
         }
         self.join_requests.retain(|p, _| !m.revoked.contains(p));
         *self.membership.write().expect("membership lock") = m;
+        self.dial_introduced();
+    }
+
+    /// Remembers and dials the introduced peers that are members now.
+    pub(super) fn dial_introduced(&mut self) {
+        let members = {
+            let m = self.membership.read().expect("membership lock");
+            if !m.ready {
+                return;
+            }
+            m.members.clone()
+        };
+        let ready: Vec<EndpointId> =
+            self.introduced.keys().filter(|id| members.contains(*id)).copied().collect();
+        for id in ready {
+            let Some(addr) = self.introduced.remove(&id) else { continue };
+            if let Err(e) =
+                self.store.save_peer(&id.to_string(), &postcard::to_stdvec(&addr).unwrap_or_default())
+            {
+                warn!("could not remember a peer's address: {e:#}");
+            }
+            let _ = self.dial.try_send(addr);
+        }
     }
 }

@@ -90,6 +90,11 @@ fn message(folder: DocId, hash: &[u8; 32]) -> Vec<u8> {
     [DOMAIN, &folder.0, hash].concat()
 }
 
+/// A member's signature of one of its changes in `folder`.
+pub fn sign_change(key: &iroh::SecretKey, folder: DocId, hash: &ChangeHash) -> Signature {
+    key.sign(&message(folder, &hash.0))
+}
+
 /// Splits a payload into Automerge chunks: (type, whole chunk bytes).
 fn chunks(mut data: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
     let mut out = Vec::new();
@@ -125,7 +130,7 @@ fn uleb(bytes: &[u8]) -> Option<(u64, usize)> {
 impl Replica {
     /// Signs our own change.
     fn sign(&self, hash: &ChangeHash) -> Signature {
-        self.key.sign(&message(self.id.folder, &hash.0))
+        sign_change(&self.key, self.id.folder, hash)
     }
 
     /// The signatures that go with changes (hash, actor) when they are sent: ours made

@@ -47,8 +47,8 @@ mod roles;
 mod status;
 
 pub use admission::{Admission, JOIN_APPROVAL};
-pub use authorship::Signed;
 use authorship::{Apply, Refusal};
+pub use authorship::{Signed, sign_change};
 
 use crate::apply::{self, Body, Content, materialize};
 use crate::blob::{self, Fetches, Hash, Hashed, Next};
@@ -88,6 +88,8 @@ const FETCH_POLL: Duration = Duration::from_secs(5);
 const SIMULTANEOUS_DIAL: Duration = Duration::from_secs(3);
 /// How many events are handled before a flush, so a flood of frames is batched.
 const MAX_EVENTS_PER_FLUSH: usize = 256;
+/// Introduced peers kept while they are not known as members yet.
+const MAX_INTRODUCED: usize = 256;
 /// Changes frames kept while their authors' admission is on its way.
 const MAX_PARKED_FRAMES: usize = 1024;
 /// Rounds of "write remote change, find a local edit, ingest it" before giving up for now.
@@ -231,6 +233,10 @@ pub struct Replica {
     key: iroh::SecretKey,
     /// Signatures of changes received since the last flush (persisted with them).
     unsaved_signatures: HashMap<[u8; 32], iroh::Signature>,
+    /// Peers other members told us about, not dialed yet: only members are remembered
+    /// and dialed (a peer cannot point us at a stranger, who would learn the folder's id
+    /// from our Hello), and a newcomer's admission may arrive after its introduction.
+    introduced: HashMap<EndpointId, EndpointAddr>,
     /// Changes frames whose authors are not known members yet, with their sender.
     parked: Vec<(EndpointId, Frame)>,
     /// Who sessions admit, shared with them (see [`admission`]).
@@ -388,6 +394,7 @@ impl Replica {
             key,
             unsaved_signatures: HashMap::new(),
             parked: Vec::new(),
+            introduced: HashMap::new(),
             membership: Default::default(),
             join_requests: HashMap::new(),
             endpoint: None,
@@ -695,18 +702,15 @@ impl Replica {
                 self.receive_changes(peer, doc, data, heads, signatures)
             }
             Frame::Peers { peers } => {
-                let members = self.folder.members();
                 for addr in peers {
-                    // Only members are remembered and dialed: a peer cannot point us at
-                    // a stranger (who would learn the folder's id from our Hello).
-                    let member = members.get(&addr.id.to_string()).is_some_and(|m| m.role != "revoked");
-                    if member && addr.id != self.me && !self.peers.contains_key(&addr.id) {
-                        let _ = self
-                            .store
-                            .save_peer(&addr.id.to_string(), &postcard::to_stdvec(&addr).unwrap_or_default());
-                        let _ = self.dial.try_send(addr);
+                    if addr.id != self.me
+                        && !self.peers.contains_key(&addr.id)
+                        && (self.introduced.len() < MAX_INTRODUCED || self.introduced.contains_key(&addr.id))
+                    {
+                        self.introduced.insert(addr.id, addr);
                     }
                 }
+                self.dial_introduced();
             }
             Frame::BlobGet { hash, from, count, meta } => self.serve_blob(peer, hash, from, count, meta),
             Frame::BlobMeta { hash, size, cvs } => {

@@ -13,6 +13,7 @@ use iroh::{Endpoint, RelayMode, SecretKey};
 use std::collections::HashMap;
 use teatime::net::auth;
 use teatime::net::wire::{ALPN, Frame, read_frame, write_frame};
+use teatime::replica::sign_change;
 use teatime::ticket::Ticket;
 
 use teatime_crdt::automerge::AutoCommit;
@@ -90,11 +91,16 @@ struct Client {
 impl Client {
     /// Binds a fresh loopback-only endpoint and opens the sync stream to the ticket's sharer.
     async fn connect(ticket: &Ticket) -> Self {
+        Self::connect_as(ticket, SecretKey::generate()).await
+    }
+
+    /// The same, with a given node key.
+    async fn connect_as(ticket: &Ticket, key: SecretKey) -> Self {
         let endpoint = Endpoint::builder(presets::Minimal)
             .relay_mode(RelayMode::Disabled)
             .clear_address_lookup()
             .portmapper_config(PortmapperConfig::Disabled)
-            .secret_key(SecretKey::generate())
+            .secret_key(key)
             .clear_ip_transports()
             .bind_addr(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
             .expect("loopback bind address")
@@ -338,5 +344,171 @@ fn the_right_proof_is_welcomed_and_receives_the_folder() {
         logged_session_with(&sharer, &short)
     });
 
+    assert_sharer_unharmed(&mut sharer, &expected);
+}
+
+#[test]
+fn a_stranger_with_the_right_alpn_gets_nothing() {
+    let expected = secret_tree();
+    let mut sharer = Peer::share_tree("sharer", &expected);
+    let ticket = loopback_ticket(&sharer);
+
+    let rt = runtime();
+    let received = rt.block_on(async {
+        let mut out = Vec::new();
+        // No ticket at all: a stranger who learned the EndpointId and the folder id.
+        let mut client = Client::connect(&ticket).await;
+        client.hello(ticket.folder, None).await;
+        client.send_eagerly(&Frame::Summary { docs: Vec::new() }).await;
+        client.expect_refused_then_nothing("a Hello from a stranger").await;
+        out.extend_from_slice(client.received());
+        client.close().await;
+        // A made-up ticket id: refused before any challenge.
+        let mut forged = ticket.clone();
+        forged.id[0] ^= 1;
+        let mut client = Client::connect(&forged).await;
+        client.hello(forged.folder, Some(&forged)).await;
+        client.send_eagerly(&Frame::Summary { docs: Vec::new() }).await;
+        client.expect_refused_then_nothing("a Hello naming a forged ticket").await;
+        out.extend_from_slice(client.received());
+        client.close().await;
+        out
+    });
+    assert_nothing_leaked(&received, "stranger");
+    assert!(!sharer.log_text().contains("new member admitted"), "the sharer admitted a stranger");
+    assert_sharer_unharmed(&mut sharer, &expected);
+}
+
+/// Joins with the ticket as a member (a real admission), and collects the documents the
+/// sharer sends until the secret file's document is there.
+async fn join_and_fetch(client: &mut Client, ticket: &Ticket) -> HashMap<DocId, AutoCommit> {
+    client.hello(ticket.folder, Some(ticket)).await;
+    match client.read("a challenge, or a member's welcome").await {
+        // A member: nothing to prove. An empty summary asks for every document.
+        Read::Frame(Frame::Welcome { .. }) => client.send(&Frame::Summary { docs: Vec::new() }).await,
+        Read::Frame(Frame::Challenge { nonce }) => {
+            let (me, sharer) = (client.endpoint.id(), client.conn.remote_id());
+            let mac = auth::proof(&ticket.secret, ticket.folder, &ticket.id, &me, &sharer, &nonce);
+            client.send(&Frame::Proof { mac }).await;
+            match client.read("the welcome").await {
+                Read::Frame(Frame::Welcome { .. }) => client.send(&Frame::Summary { docs: Vec::new() }).await,
+                other => panic!("expected Welcome, got {other:?}"),
+            }
+        }
+        other => panic!("expected Challenge or Welcome, got {other:?}"),
+    }
+    let mut docs: HashMap<DocId, AutoCommit> = HashMap::new();
+    loop {
+        if docs.values().any(|d| FileDoc::from_doc(d.clone()).text().as_deref() == Some(SECRET_CONTENT)) {
+            return docs;
+        }
+        match client.read("the secret file's document").await {
+            Read::Frame(Frame::Changes { doc, data, .. }) => {
+                docs.entry(doc).or_default().load_incremental(&data).expect("valid changes");
+            }
+            Read::Frame(_) => {}
+            other => panic!("the session ended early: {other:?}"),
+        }
+    }
+}
+
+/// An edit of the secret file written under `actor`, as the frame that carries it, signed
+/// by `signer` (or unsigned).
+fn edit_as(
+    docs: &HashMap<DocId, AutoCommit>,
+    folder: DocId,
+    actor: &[u8; 32],
+    signer: Option<&SecretKey>,
+    text: &str,
+) -> Frame {
+    let (id, doc) = docs
+        .iter()
+        .find(|(_, d)| FileDoc::from_doc((*d).clone()).text().as_deref() == Some(SECRET_CONTENT))
+        .expect("the secret file's document");
+    let actor = teatime_crdt::ids::actor_for_member(actor, rand::random());
+    let mut file = FileDoc::from_doc(doc.clone().with_actor(actor));
+    let before = file.doc_mut().get_heads();
+    let far = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    file.ingest(text, far, 0).expect("edit the copy");
+    let changes = file.doc_mut().get_changes(&before);
+    let data = changes.iter().flat_map(|c| c.raw_bytes().to_vec()).collect();
+    let signatures =
+        signer.map(|k| changes.iter().map(|c| (c.hash().0, sign_change(k, folder, &c.hash()))).collect());
+    let heads = file.doc_mut().get_heads().iter().map(|h| h.0).collect();
+    Frame::Changes { doc: *id, data, heads, signatures: signatures.unwrap_or_default() }
+}
+
+/// Waits until the connection ends (the sharer dropped the client).
+async fn expect_dropped(client: &mut Client, after: &str) {
+    loop {
+        match client.read(&format!("the sharer to drop the client after {after}")).await {
+            Read::End | Read::Failed(_) => return,
+            Read::Frame(_) => {}
+        }
+    }
+}
+
+#[test]
+fn nobody_writes_under_another_members_actor() {
+    let expected = secret_tree();
+    let mut sharer = Peer::share_tree("sharer", &expected);
+    let ticket = loopback_ticket(&sharer);
+    let owner_id: [u8; 32] = *ticket.addr.id.as_bytes();
+
+    let rt = runtime();
+    rt.block_on(async {
+        // A member forges the owner's actor, signing with its own key.
+        let key = SecretKey::generate();
+        let mut client = Client::connect_as(&ticket, key.clone()).await;
+        let docs = join_and_fetch(&mut client, &ticket).await;
+        client.send(&edit_as(&docs, ticket.folder, &owner_id, Some(&key), "forged by a member\n")).await;
+        expect_dropped(&mut client, "a change under the owner's actor").await;
+        client.close().await;
+        // Its own actor, unsigned.
+        let mut client = Client::connect_as(&ticket, key.clone()).await;
+        let docs = join_and_fetch(&mut client, &ticket).await;
+        let me = *key.public().as_bytes();
+        client.send(&edit_as(&docs, ticket.folder, &me, None, "unsigned\n")).await;
+        expect_dropped(&mut client, "an unsigned change").await;
+        client.close().await;
+    });
+    wait_until("the sharer to log both forgeries", || {
+        let log = sharer.log_text();
+        log.contains("not signed by its author") && log.contains("an unsigned change")
+    });
+    assert_sharer_unharmed(&mut sharer, &expected);
+}
+
+#[test]
+fn a_readers_change_relayed_by_a_writer_is_refused() {
+    let expected = secret_tree();
+    let mut sharer = Peer::share_tree("sharer", &expected);
+    let read_only = sharer.cli_ok(&["ticket", sharer.dir_arg(), "--read-only"]);
+    let reader = Peer::join("reader", read_only.trim());
+    wait_converged_to(&[&sharer, &reader], &expected);
+    let reader_key: [u8; 32] = std::fs::read(reader.home().join("node.key"))
+        .expect("the reader's key")
+        .try_into()
+        .expect("32 bytes");
+    let reader_key = SecretKey::from_bytes(&reader_key);
+
+    let ticket = loopback_ticket(&sharer);
+    let rt = runtime();
+    rt.block_on(async {
+        // A writer (a real member) relays a change the reader signed.
+        let mut client = Client::connect(&ticket).await;
+        let docs = join_and_fetch(&mut client, &ticket).await;
+        let reader_id = *reader_key.public().as_bytes();
+        let frame = edit_as(&docs, ticket.folder, &reader_id, Some(&reader_key), "the reader's words\n");
+        client.send(&frame).await;
+        // Kept connected until the sharer has judged it (its tasks run on other threads).
+        wait_until("the sharer to refuse the reader's change", || {
+            sharer
+                .log_text()
+                .contains("refusing changes outside their author's role: a reader may not change")
+        });
+        client.close().await;
+    });
+    assert_trees(&[&sharer, &reader], &expected);
     assert_sharer_unharmed(&mut sharer, &expected);
 }
