@@ -54,6 +54,9 @@ pub struct Membership {
     pub revoked: HashSet<EndpointId>,
     /// While this node is not a member yet: the ticket it joins with.
     pub joining: Option<Ticket>,
+    /// Whether a ticket this node issued may still admit someone (else only members
+    /// are worth a handshake).
+    pub tickets_live: bool,
 }
 
 impl Membership {
@@ -118,17 +121,37 @@ impl Hub {
         Ok(())
     }
 
+    /// Runs the dialer's side of the handshake. A connection the acceptor closed on
+    /// (it closes on strangers before a stream is accepted) is a refusal, with its reason.
     async fn handshake(
         &self,
         addr: &EndpointAddr,
         folder: DocId,
         ticket: Option<&Ticket>,
     ) -> Result<(Connection, iroh::endpoint::SendStream, iroh::endpoint::RecvStream, String), DialError> {
-        let refused = |reason: String| DialError::Refused(reason);
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr.clone(), ALPN))
             .await
             .map_err(|_| anyhow!("connecting timed out"))?
             .map_err(anyhow::Error::from)?;
+        match self.handshake_on(&conn, folder, ticket).await {
+            Err(DialError::Failed(e)) => match conn.close_reason() {
+                Some(iroh::endpoint::ConnectionError::ApplicationClosed(close)) => {
+                    Err(DialError::Refused(String::from_utf8_lossy(&close.reason).into_owned()))
+                }
+                _ => Err(DialError::Failed(e)),
+            },
+            Ok((send, recv, name)) => Ok((conn, send, recv, name)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn handshake_on(
+        &self,
+        conn: &Connection,
+        folder: DocId,
+        ticket: Option<&Ticket>,
+    ) -> Result<(iroh::endpoint::SendStream, iroh::endpoint::RecvStream, String), DialError> {
+        let refused = |reason: String| DialError::Refused(reason);
         let (mut send, mut recv) = conn.open_bi().await.map_err(anyhow::Error::from)?;
         let hello = Frame::Hello {
             folder,
@@ -155,7 +178,7 @@ impl Hub {
             Frame::Refused { reason } => return Err(refused(reason)),
             other => return Err(anyhow!("unexpected frame {other:?} in handshake").into()),
         };
-        Ok((conn, send, recv, name))
+        Ok((send, recv, name))
     }
 
     async fn accept_inner(&self, conn: Connection) -> Result<()> {
@@ -222,9 +245,25 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Whether `peer` could get anywhere here: a member of a folder, or anyone while a
+    /// ticket is live. Everyone else is closed on before a stream is even accepted.
+    fn worth_a_handshake(&self, peer: &EndpointId) -> bool {
+        self.folders.read().expect("folders lock").values().any(|f| {
+            let m = f.membership.read().expect("membership lock");
+            m.admits(peer) || m.revoked.contains(peer) || m.tickets_live
+        })
+    }
+}
+
 impl ProtocolHandler for Hub {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = conn.remote_id();
+        if !self.worth_a_handshake(&peer) {
+            debug!(peer = %peer.fmt_short(), "closing a connection from a stranger");
+            conn.close(6u32.into(), b"not a member");
+            return Ok(());
+        }
         if let Err(e) = self.accept_inner(conn).await {
             debug!(peer = %peer.fmt_short(), "incoming session ended: {e:#}");
         }

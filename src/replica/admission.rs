@@ -151,6 +151,7 @@ impl Replica {
                 let t = IssuedTicket::new(grant, now, expires_ms, uses, standing);
                 tickets.push(t.clone());
                 local::set_tickets(&self.store, &tickets).map_err(|e| format!("{e:#}"))?;
+                self.refresh_membership();
                 t
             }
         };
@@ -203,6 +204,7 @@ impl Replica {
         if let [i] = matching.as_slice() {
             tickets[*i].revoked = true;
             local::set_tickets(&self.store, &tickets).map_err(|e| format!("{e:#}"))?;
+            self.refresh_membership();
             return Ok(format!("ticket {} revoked", tickets[*i].id_hex()));
         }
         if self.my_role() != Role::Owner {
@@ -273,6 +275,10 @@ impl Replica {
         if !members.contains_key(&me) {
             m.joining = local::join_ticket(&self.store).ok().flatten();
         }
+        let now = now_ms();
+        m.tickets_live = local::tickets(&self.store)
+            .map(|t| t.iter().any(|t| t.check(now).is_ok() && !revoked_via.contains(&t.id_hex())))
+            .unwrap_or(false);
         // A revoked member cannot come back with the ticket it joined with.
         if let Ok(mut tickets) = local::tickets(&self.store)
             && tickets.iter().any(|t| !t.revoked && revoked_via.contains(&t.id_hex()))

@@ -96,6 +96,13 @@ impl Client {
 
     /// The same, with a given node key.
     async fn connect_as(ticket: &Ticket, key: SecretKey) -> Self {
+        let (endpoint, conn) = Self::dial(ticket, key).await;
+        let (send, recv) = conn.open_bi().await.expect("open the sync stream");
+        Self { endpoint, conn, send, recv: Recorder { inner: recv, seen: Vec::new() } }
+    }
+
+    /// A loopback-only endpoint with `key`, connected to the ticket's sharer.
+    async fn dial(ticket: &Ticket, key: SecretKey) -> (Endpoint, Connection) {
         let endpoint = Endpoint::builder(presets::Minimal)
             .relay_mode(RelayMode::Disabled)
             .clear_address_lookup()
@@ -114,8 +121,7 @@ impl Client {
             .await
             .expect("connecting to the sharer timed out")
             .expect("connect to the sharer");
-        let (send, recv) = conn.open_bi().await.expect("open the sync stream");
-        Self { endpoint, conn, send, recv: Recorder { inner: recv, seen: Vec::new() } }
+        (endpoint, conn)
     }
 
     async fn send(&mut self, frame: &Frame) {
@@ -511,4 +517,32 @@ fn a_readers_change_relayed_by_a_writer_is_refused() {
     });
     assert_trees(&[&sharer, &reader], &expected);
     assert_sharer_unharmed(&mut sharer, &expected);
+}
+
+#[test]
+fn with_no_live_ticket_a_stranger_is_closed_on_before_any_stream() {
+    let expected = secret_tree();
+    let mut sharer = Peer::share_tree("sharer", &expected);
+    let ticket = loopback_ticket(&sharer);
+    let id = teatime_crdt::ids::to_hex(&ticket.id);
+    let answer = sharer.cli_ok(&["revoke", sharer.dir_arg(), &id]);
+    assert!(answer.contains("revoked"), "{answer}");
+
+    let rt = runtime();
+    rt.block_on(async {
+        let (endpoint, conn) = Client::dial(&ticket, SecretKey::generate()).await;
+        // Closed on at once: opening the stream fails, or the first read does.
+        let closed =
+            tokio::time::timeout(deadline(), conn.closed()).await.expect("the sharer closes the connection");
+        assert!(format!("{closed:?}").contains("not a member"), "closed for another reason: {closed:?}");
+        if let Ok((_send, mut recv)) = conn.open_bi().await {
+            assert!(!matches!(read_frame(&mut recv).await, Ok(Some(_))), "a stranger got a frame");
+        }
+        endpoint.close().await;
+    });
+    assert!(sharer.is_running());
+    // The standing ticket is revoked: a real joiner is refused too, and gets nothing.
+    let late = Peer::join("late", sharer.ticket());
+    wait_until("the late joiner to be refused", || late.log_text().contains("refused: not a member"));
+    assert!(late.tree().keys().all(|p| p.starts_with(".teatime")), "{:?}", late.tree().keys());
 }
