@@ -15,6 +15,7 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use teatime_crdt::path::{MAX_PATH_BYTES, Refused, check_name, check_path};
 use teatime_crdt::{DocId, EntryKind};
 
 use crate::blob::{Hashed, hash_reader};
@@ -134,7 +135,18 @@ pub struct Walked {
     pub holding_excluded: BTreeSet<String>,
 }
 
-/// Walks `scope` under `root`, never following symlinks, skipping what `filter` excludes.
+/// Whether a name found on disk may be published: peers would refuse it otherwise
+/// ([`teatime_crdt::path`]), so it is reported and stays local.
+fn publishable(child: &str, name: &str) -> Result<(), Refused> {
+    check_name(name)?;
+    if child.len() > MAX_PATH_BYTES {
+        return Err(Refused::PathTooLong);
+    }
+    Ok(())
+}
+
+/// Walks `scope` under `root`, never following symlinks, skipping what `filter` excludes
+/// and names that may not be published.
 pub fn walk(root: &Path, scope: &Scope, filter: &Filter, skipped: &mut Vec<Skipped>) -> Walked {
     let mut out = Walked::default();
     match scope {
@@ -145,6 +157,10 @@ pub fn walk(root: &Path, scope: &Scope, filter: &Filter, skipped: &mut Vec<Skipp
                     continue;
                 };
                 if filter.excludes(rel, meta.is_dir()) {
+                    continue;
+                }
+                if let Err(why) = check_path(rel) {
+                    skipped.push(Skipped { path: rel.clone(), reason: why.as_str() });
                     continue;
                 }
                 match disk_entry(&meta) {
@@ -178,6 +194,11 @@ fn walk_dir(root: &Path, rel: &str, filter: &Filter, out: &mut Walked, skipped: 
         let child = join(rel, name);
         let Ok(meta) = dent.metadata() else { continue };
         if filter.excludes(&child, meta.is_dir()) {
+            out.holding_excluded.insert(rel.to_string());
+            continue;
+        }
+        if let Err(why) = publishable(&child, name) {
+            skipped.push(Skipped { path: child, reason: why.as_str() });
             out.holding_excluded.insert(rel.to_string());
             continue;
         }
