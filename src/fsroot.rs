@@ -83,6 +83,15 @@ impl Root {
         }
     }
 
+    /// The status of the entry at `rel` itself (`""`: the root), not following a symlink.
+    pub fn stat(&self, rel: &str) -> io::Result<rustix::fs::Stat> {
+        if rel.is_empty() {
+            return Ok(rustix::fs::fstat(&*self.fd)?);
+        }
+        let (dir, name) = self.parent(rel)?;
+        dir.stat(name)
+    }
+
     /// The directory holding `rel`, and `rel`'s last component.
     pub fn parent<'a>(&self, rel: &'a str) -> io::Result<(Dir, &'a str)> {
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
@@ -112,6 +121,12 @@ impl Dir {
             Ok(fd) => Ok(Dir { fd }),
             Err(e) => Err(resolve_error(name, e)),
         }
+    }
+
+    /// The status of the entry `name` itself (a symlink is reported as one): one
+    /// `fstatat`, for walks over many entries.
+    pub fn stat(&self, name: &str) -> io::Result<rustix::fs::Stat> {
+        Ok(rustix::fs::statat(&self.fd, one_name(name)?, AtFlags::SYMLINK_NOFOLLOW)?)
     }
 
     /// The metadata of the entry `name` itself (a symlink is reported as one).

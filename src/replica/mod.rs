@@ -867,7 +867,7 @@ impl Replica {
         }
         let mut new_id = || DocId(rand::random());
         let text_limit = self.text_limit();
-        let r = scan::reconcile(&self.root, &self.index, &scope, &self.filter, text_limit, &mut new_id);
+        let r = scan::reconcile(&self.fs, &self.index, &scope, &self.filter, text_limit, &mut new_id);
         for s in r.skipped {
             if self.reported.insert(format!("{}\0{}", s.path, s.reason)) {
                 info!(path = ?s.path, "not synced: {}", s.reason);
