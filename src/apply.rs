@@ -214,14 +214,25 @@ pub fn materialize(
 }
 
 /// Whether everything under `dir` is skipped or never synced (names that may not reach
-/// a peer), and so not teatime's to remove.
+/// a peer), and so not teatime's to remove. A work list, not recursion: nesting can be
+/// thousands deep.
 fn holds_only_excluded(root: &Root, dir: &str, skip: &dyn Fn(&str, bool) -> bool) -> bool {
-    let Ok(entries) = root.dir(dir).and_then(|d| d.entries()) else { return false };
-    entries.into_iter().all(|(name, is_dir)| {
-        let Some(name) = name.to_str().filter(|n| is_valid_name(n)) else { return true };
-        let child = format!("{dir}/{name}");
-        skip(&child, is_dir) || (is_dir && holds_only_excluded(root, &child, skip))
-    })
+    let mut todo = vec![dir.to_string()];
+    while let Some(rel) = todo.pop() {
+        let Ok(entries) = root.dir(&rel).and_then(|d| d.entries()) else { return false };
+        for (name, is_dir) in entries {
+            let Some(name) = name.to_str().filter(|n| is_valid_name(n)) else { continue };
+            let child = format!("{rel}/{name}");
+            if skip(&child, is_dir) {
+                continue;
+            }
+            if !is_dir {
+                return false;
+            }
+            todo.push(child);
+        }
+    }
+    true
 }
 
 /// Moves the entry at `from` to `to` on disk and in the index, first moving aside a
@@ -507,8 +518,11 @@ fn remove_file_if_unchanged(root: &Root, path: &str, recorded: &Stat) -> io::Res
 
 /// Removes temp files a crash left behind (reserved prefix), anywhere in the folder.
 pub fn remove_stale_temp_files(root: &Root) {
-    fn walk(dir: &Dir) {
-        let Ok(entries) = dir.entries() else { return };
+    // A work list, not recursion: nesting can be thousands deep.
+    let mut todo = vec![String::new()];
+    while let Some(rel) = todo.pop() {
+        let Ok(dir) = root.dir(&rel) else { continue };
+        let Ok(entries) = dir.entries() else { continue };
         for (name, is_dir) in entries {
             let Some(name) = name.to_str() else { continue };
             // Only write temps: an entry moved aside (`-mv.`) is tracked in the index and
@@ -517,15 +531,9 @@ pub fn remove_stale_temp_files(root: &Root) {
                 if dir.metadata(name).is_ok_and(|m| m.is_file()) {
                     let _ = dir.unlink(name);
                 }
-            } else if is_dir
-                && name != STATE_DIR
-                && let Ok(sub) = dir.subdir(name)
-            {
-                walk(&sub);
+            } else if is_dir && name != STATE_DIR {
+                todo.push(crate::scan::join(&rel, name));
             }
         }
-    }
-    if let Ok(dir) = root.dir("") {
-        walk(&dir);
     }
 }

@@ -16,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 
 use rustix::fs::FileType;
 
-use teatime_crdt::path::{MAX_PATH_BYTES, Refused, check_name, check_path};
+use teatime_crdt::path::{MAX_DEPTH, MAX_PATH_BYTES, Refused, check_name, check_path};
 use teatime_crdt::{DocId, EntryKind};
 
 use crate::blob::{Hashed, hash_reader};
@@ -166,6 +166,9 @@ fn publishable(child: &str, name: &str) -> Result<(), Refused> {
     if child.len() > MAX_PATH_BYTES {
         return Err(Refused::PathTooLong);
     }
+    if child.bytes().filter(|b| *b == b'/').count() >= MAX_DEPTH {
+        return Err(Refused::TooDeep);
+    }
     Ok(())
 }
 
@@ -175,15 +178,10 @@ fn publishable(child: &str, name: &str) -> Result<(), Refused> {
 pub fn walk(root: &Root, scope: &Scope, filter: &Filter, skipped: &mut Vec<Skipped>) -> Walked {
     let mut out = Walked::default();
     match scope {
-        Scope::All => {
-            if let Ok(dir) = root.dir("") {
-                walk_dir(&dir, "", filter, &mut out, skipped);
-            }
-        }
+        Scope::All => walk_below(root, String::new(), filter, &mut out, skipped),
         Scope::Paths(paths) => {
             for rel in paths {
-                let Ok((parent, name)) = root.parent(rel) else { continue };
-                let Ok(st) = parent.stat(name) else { continue };
+                let Ok(st) = root.stat(rel) else { continue };
                 let entry = disk_entry_raw(&st);
                 if filter.excludes(rel, entry.is_some_and(|d| d.kind == EntryKind::Dir)) {
                     continue;
@@ -195,10 +193,8 @@ pub fn walk(root: &Root, scope: &Scope, filter: &Filter, skipped: &mut Vec<Skipp
                 match entry {
                     Some(d) => {
                         out.entries.insert(rel.clone(), d);
-                        if d.kind == EntryKind::Dir
-                            && let Ok(dir) = parent.subdir(name)
-                        {
-                            walk_dir(&dir, rel, filter, &mut out, skipped);
+                        if d.kind == EntryKind::Dir {
+                            walk_below(root, rel.clone(), filter, &mut out, skipped);
                         }
                     }
                     None => skipped.push(Skipped { path: rel.clone(), reason: SPECIAL_FILE }),
@@ -209,40 +205,42 @@ pub fn walk(root: &Root, scope: &Scope, filter: &Filter, skipped: &mut Vec<Skipp
     out
 }
 
-fn walk_dir(dir: &Dir, rel: &str, filter: &Filter, out: &mut Walked, skipped: &mut Vec<Skipped>) {
-    let Ok(entries) = dir.entries() else {
-        return;
-    };
-    for (name, _) in entries {
-        let Some(name) = name.to_str() else {
-            skipped.push(Skipped {
-                path: join(rel, &name.to_string_lossy()),
-                reason: "file name is not valid UTF-8",
-            });
-            continue;
-        };
-        let child = join(rel, name);
-        let Ok(st) = dir.stat(name) else { continue };
-        let entry = disk_entry_raw(&st);
-        if filter.excludes(&child, entry.is_some_and(|d| d.kind == EntryKind::Dir)) {
-            out.holding_excluded.insert(rel.to_string());
-            continue;
-        }
-        if let Err(why) = publishable(&child, name) {
-            skipped.push(Skipped { path: child, reason: why.as_str() });
-            out.holding_excluded.insert(rel.to_string());
-            continue;
-        }
-        match entry {
-            Some(d) => {
-                out.entries.insert(child.clone(), d);
-                if d.kind == EntryKind::Dir
-                    && let Ok(sub) = dir.subdir(name)
-                {
-                    walk_dir(&sub, &child, filter, out, skipped);
-                }
+/// Everything below the directory `top`, with a work list rather than recursion: a peer
+/// can nest directories thousands deep, which must cost neither stack nor open files.
+fn walk_below(root: &Root, top: String, filter: &Filter, out: &mut Walked, skipped: &mut Vec<Skipped>) {
+    let mut todo = vec![top];
+    while let Some(rel) = todo.pop() {
+        let Ok(dir) = root.dir(&rel) else { continue };
+        let Ok(entries) = dir.entries() else { continue };
+        for (name, _) in entries {
+            let Some(name) = name.to_str() else {
+                skipped.push(Skipped {
+                    path: join(&rel, &name.to_string_lossy()),
+                    reason: "file name is not valid UTF-8",
+                });
+                continue;
+            };
+            let child = join(&rel, name);
+            let Ok(st) = dir.stat(name) else { continue };
+            let entry = disk_entry_raw(&st);
+            if filter.excludes(&child, entry.is_some_and(|d| d.kind == EntryKind::Dir)) {
+                out.holding_excluded.insert(rel.clone());
+                continue;
             }
-            None => skipped.push(Skipped { path: child, reason: SPECIAL_FILE }),
+            if let Err(why) = publishable(&child, name) {
+                skipped.push(Skipped { path: child, reason: why.as_str() });
+                out.holding_excluded.insert(rel.clone());
+                continue;
+            }
+            match entry {
+                Some(d) => {
+                    out.entries.insert(child.clone(), d);
+                    if d.kind == EntryKind::Dir {
+                        todo.push(child);
+                    }
+                }
+                None => skipped.push(Skipped { path: child, reason: SPECIAL_FILE }),
+            }
         }
     }
 }

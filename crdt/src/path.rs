@@ -9,7 +9,9 @@
 //! A name is refused when it is:
 //!
 //! - empty, `.` or `..`, or holds a separator (`/` or `\`);
-//! - longer than [`MAX_NAME_BYTES`] (and a path longer than [`MAX_PATH_BYTES`]);
+//! - longer than [`MAX_NAME_BYTES`] (and a path longer than [`MAX_PATH_BYTES`], or
+//!   deeper than [`MAX_DEPTH`]: a peer nesting directories thousands deep would make every
+//!   walk, index lookup and path resolution on every peer quadratic or worse);
 //! - holding a control character (C0, C1, DEL, line and paragraph separators) or an
 //!   invisible formatting character (bidi embeddings, overrides and isolates, zero-width
 //!   space, word joiner, BOM, tags...; zero-width (non-)joiners stay: scripts and emoji
@@ -48,6 +50,9 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// Longest relative path accepted, in bytes (Linux's `PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;
 
+/// Most components a path may have. Real trees (even `node_modules`) stay far below.
+pub const MAX_DEPTH: usize = 128;
+
 /// Why a name or path may not reach disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -68,6 +73,8 @@ pub enum Refused {
     NameTooLong,
     /// Longer than [`MAX_PATH_BYTES`].
     PathTooLong,
+    /// More than [`MAX_DEPTH`] components.
+    TooDeep,
     /// Not in Unicode NFC.
     NotNfc,
     /// A drive prefix such as `C:`.
@@ -92,6 +99,7 @@ impl Refused {
             Refused::FormatChar => "invisible formatting character (bidi or zero-width) in the name",
             Refused::NameTooLong => "name longer than 255 bytes",
             Refused::PathTooLong => "path longer than 4096 bytes",
+            Refused::TooDeep => "path more than 128 directories deep",
             Refused::NotNfc => "name not in Unicode NFC",
             Refused::DrivePrefix => "drive prefix",
             Refused::DeviceName => "Windows device name",
@@ -144,6 +152,9 @@ pub fn check_path(path: &str) -> Result<(), Refused> {
     }
     if path.starts_with('/') {
         return Err(Refused::Absolute);
+    }
+    if path.split('/').count() > MAX_DEPTH {
+        return Err(Refused::TooDeep);
     }
     path.split('/').try_for_each(check_name)
 }
@@ -335,8 +346,10 @@ mod tests {
         assert_eq!(check_path("a//b"), Err(Refused::Empty));
         assert_eq!(check_path("a/../../x"), Err(Refused::DotName));
         assert_eq!(check_path("docs/.git/hooks/post-checkout"), Err(Refused::Reserved));
-        let deep = vec!["d".repeat(200); 21].join("/");
-        assert_eq!(check_path(&deep), Err(Refused::PathTooLong));
+        let long = vec!["d".repeat(200); 21].join("/");
+        assert_eq!(check_path(&long), Err(Refused::PathTooLong));
+        assert_eq!(check_path(&vec!["d"; MAX_DEPTH].join("/")), Ok(()));
+        assert_eq!(check_path(&vec!["d"; MAX_DEPTH + 1].join("/")), Err(Refused::TooDeep));
     }
 
     /// `fixtures/hostile-paths.txt`: every path, except those through the symlink the

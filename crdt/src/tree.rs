@@ -26,7 +26,7 @@
 //! 3. Concurrent moves can make a cycle; the cycle member with the smallest id is shown at
 //!    the root, which breaks it.
 //! 4. Names that are not valid on disk ([`crate::path::check_name`]), and paths longer
-//!    than [`MAX_PATH_BYTES`], hide the entry and everything under it; the tree says which
+//!    than [`MAX_PATH_BYTES`] or deeper than [`MAX_DEPTH`], hide the entry and everything under it; the tree says which
 //!    ([`Tree::refused`], [`Tree::hidden`]) so the caller can report them and knows not to
 //!    treat them as deleted.
 
@@ -37,7 +37,7 @@ use automerge::ChangeHash;
 
 use crate::DocId;
 use crate::folder::{Deletion, Entry, EntryKind, Location, Member, Stamp, Strategy};
-use crate::path::{MAX_PATH_BYTES, Refused, check_name, is_valid_name};
+use crate::path::{MAX_DEPTH, MAX_PATH_BYTES, Refused, check_name, is_valid_name};
 
 /// What the tree needs to know about file documents.
 pub trait FileFacts {
@@ -210,8 +210,8 @@ pub fn render(view: &FolderView<'_>, facts: &dyn FileFacts) -> Tree {
     }
 
     // Top-down; a directory created twice is one group rendered at one path.
-    let mut stack: Vec<(Vec<Option<DocId>>, String)> = vec![(vec![None], String::new())];
-    while let Some((dirs, dir_path)) = stack.pop() {
+    let mut stack: Vec<(Vec<Option<DocId>>, String, usize)> = vec![(vec![None], String::new(), 0)];
+    while let Some((dirs, dir_path, depth)) = stack.pop() {
         let (kids, refused): (Vec<DocId>, Vec<DocId>) = dirs
             .iter()
             .filter_map(|d| children.get(d))
@@ -229,7 +229,8 @@ pub fn render(view: &FolderView<'_>, facts: &dyn FileFacts) -> Tree {
             // A conflict name is built from a valid one but may be too long.
             let reason = check_name(&name)
                 .err()
-                .or((dir_path.len() + 1 + name.len() > MAX_PATH_BYTES).then_some(Refused::PathTooLong));
+                .or((dir_path.len() + 1 + name.len() > MAX_PATH_BYTES).then_some(Refused::PathTooLong))
+                .or((depth + 1 > MAX_DEPTH).then_some(Refused::TooDeep));
             if let Some(reason) = reason {
                 for id in group {
                     tree.refused.push(RefusedName {
@@ -248,7 +249,7 @@ pub fn render(view: &FolderView<'_>, facts: &dyn FileFacts) -> Tree {
             }
             tree.by_path.insert(path.clone(), (group[0], kind));
             if kind == EntryKind::Dir {
-                stack.push((group.into_iter().map(Some).collect(), path));
+                stack.push((group.into_iter().map(Some).collect(), path, depth + 1));
             }
         }
     }
