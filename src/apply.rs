@@ -19,18 +19,24 @@
 //! Nothing is ever deleted or overwritten unless the index says teatime put it there and
 //! it is unchanged since; untracked files at a target path are left alone and reported, so
 //! the caller ingests them (and the tree gives one of the two a conflict name).
-//! Paths come from [`Tree`], whose names are validated; every parent is checked to be a
-//! real directory (not a symlink) before anything is written inside it.
+//!
+//! Paths come from [`Tree`], whose names are validated ([`teatime_crdt::path`]); an entry
+//! the tree hides because its name is refused is forgotten, never deleted from disk. Every
+//! operation goes through the folder's directory handle ([`Root`]): the kernel resolves
+//! each parent beneath the root with no symlink on the way, and acts on the final name
+//! itself, so nothing is ever written outside the folder or through a symlink, even one
+//! swapped in between a check and a write.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
 
-use teatime_crdt::path::{STATE_DIR, TEMP_PREFIX};
+use rustix::fs::RenameFlags;
+use teatime_crdt::path::{STATE_DIR, TEMP_PREFIX, is_valid_name};
 use teatime_crdt::{DocId, EntryKind, Tree};
 
+use crate::fsroot::{Dir, Root};
 use crate::scan::{disk_entry, is_within, move_in_index, parent_of, stat_of};
 use crate::store::{Index, IndexEntry, Stat};
 
@@ -55,8 +61,8 @@ pub enum Body {
     Blob {
         /// Its BLAKE3.
         hash: [u8; 32],
-        /// A verified copy, if it has arrived.
-        source: Option<PathBuf>,
+        /// A verified copy, opened, if it has arrived.
+        source: Option<File>,
         /// Concurrent versions that lost the race: a file holding one of them is kept
         /// aside, not overwritten.
         losers: Vec<[u8; 32]>,
@@ -65,6 +71,10 @@ pub enum Body {
 
 /// Where the losing versions of binary races are kept, inside the state directory.
 pub const VERSIONS_DIR: &str = "versions";
+
+/// A kept version's name stays under this many bytes of the original name, so the added
+/// suffix never makes it too long for the file system.
+const KEPT_NAME_BYTES: usize = 200;
 
 /// What a materialisation did and could not do.
 #[derive(Debug, Default)]
@@ -77,8 +87,9 @@ pub struct Materialized {
     /// Failures, by path and entry (the rest of the folder still proceeds; the caller
     /// retries these later).
     pub errors: Vec<(String, DocId, io::Error)>,
-    /// Files that held a losing binary version, and where that version was kept.
-    pub kept_versions: Vec<(String, PathBuf)>,
+    /// Files that held a losing binary version, and where that version was kept
+    /// (relative to the folder).
+    pub kept_versions: Vec<(String, String)>,
 }
 
 /// Makes disk match `tree`, leaving alone paths `skip` names (excluded on this peer, or
@@ -86,7 +97,7 @@ pub struct Materialized {
 /// has not arrived yet); files are rewritten only when new at their path or when they
 /// are in `changed`.
 pub fn materialize(
-    root: &Path,
+    root: &Root,
     tree: &Tree,
     skip: &dyn Fn(&str, bool) -> bool,
     index: &mut Index,
@@ -107,6 +118,13 @@ pub fn materialize(
         if skip(path, e.kind == EntryKind::Dir) {
             index.remove(path);
             m.touched.insert(path.clone());
+        }
+        // Hidden because a peer gave it (or a directory above it) a name that may not
+        // reach disk: not a deletion. Forgotten, and looked at again by the scan, which
+        // publishes what is there as new (or reports it as not synced).
+        if tree.hidden.contains(&e.id) && index.remove(path).is_some() {
+            m.touched.insert(path.clone());
+            m.local_first.insert(path.clone());
         }
     }
     let doomed: Vec<(String, IndexEntry)> =
@@ -134,7 +152,7 @@ pub fn materialize(
         }
     }
     for (path, _) in doomed.iter().rev().filter(|(_, e)| e.kind == EntryKind::Dir) {
-        match fs::remove_dir(root.join(path)) {
+        match root.parent(path).and_then(|(dir, name)| dir.remove_dir(name)) {
             Ok(()) => {
                 index.remove(path);
                 m.touched.insert(path.clone());
@@ -195,51 +213,75 @@ pub fn materialize(
     m
 }
 
-/// Whether everything under `dir` is skipped (and so not teatime's to remove).
-fn holds_only_excluded(root: &Path, dir: &str, skip: &dyn Fn(&str, bool) -> bool) -> bool {
-    let Ok(rd) = fs::read_dir(root.join(dir)) else { return false };
-    rd.flatten().all(|d| {
-        let Some(name) = d.file_name().to_str().map(str::to_string) else { return false };
-        let child = format!("{dir}/{name}");
-        let is_dir = d.file_type().is_ok_and(|t| t.is_dir());
-        skip(&child, is_dir) || (is_dir && holds_only_excluded(root, &child, skip))
-    })
+/// Whether everything under `dir` is skipped or never synced (names that may not reach
+/// a peer), and so not teatime's to remove. A work list, not recursion: nesting can be
+/// thousands deep.
+fn holds_only_excluded(root: &Root, dir: &str, skip: &dyn Fn(&str, bool) -> bool) -> bool {
+    let mut todo = vec![dir.to_string()];
+    while let Some(rel) = todo.pop() {
+        let Ok(entries) = root.dir(&rel).and_then(|d| d.entries()) else { return false };
+        for (name, is_dir) in entries {
+            let Some(name) = name.to_str().filter(|n| is_valid_name(n)) else { continue };
+            let child = format!("{rel}/{name}");
+            if skip(&child, is_dir) {
+                continue;
+            }
+            if !is_dir {
+                return false;
+            }
+            todo.push(child);
+        }
+    }
+    true
 }
 
 /// Moves the entry at `from` to `to` on disk and in the index, first moving aside a
 /// tracked entry that occupies `to` (it is moving elsewhere later in the same pass).
 fn move_entry(
-    root: &Path,
+    root: &Root,
     index: &mut Index,
     where_is: &mut HashMap<DocId, String>,
     m: &mut Materialized,
     from: &str,
     to: &str,
 ) -> io::Result<()> {
-    check_parents(root, to)?;
-    if fs::symlink_metadata(root.join(to)).is_ok() {
-        if index.contains_key(to) {
+    let (to_dir, to_name) = root.parent(to)?;
+    match to_dir.metadata(to_name) {
+        Ok(_) if index.contains_key(to) => {
             let aside = format!("{}/{TEMP_PREFIX}-mv.{:016x}", parent_of(to), rand::random::<u64>());
             let aside = aside.trim_start_matches('/').to_string();
             rename_in_index(root, index, where_is, m, to, &aside)?;
-        } else {
+        }
+        Ok(_) => {
             m.local_first.insert(to.to_string());
             return Ok(());
         }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
-    rename_in_index(root, index, where_is, m, from, to)
+    match rename_in_index(root, index, where_is, m, from, to) {
+        // Something appeared at `to` meanwhile: it is the user's, looked at first.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            m.local_first.insert(to.to_string());
+            Ok(())
+        }
+        other => other,
+    }
 }
 
+/// Renames `from` to `to` (never over an existing entry) and re-keys the index.
 fn rename_in_index(
-    root: &Path,
+    root: &Root,
     index: &mut Index,
     where_is: &mut HashMap<DocId, String>,
     m: &mut Materialized,
     from: &str,
     to: &str,
 ) -> io::Result<()> {
-    fs::rename(root.join(from), root.join(to))?;
-    fsync_dir(&root.join(parent_of(to)));
+    let (from_dir, from_name) = root.parent(from)?;
+    let (to_dir, to_name) = root.parent(to)?;
+    from_dir.rename(from_name, &to_dir, to_name, RenameFlags::NOREPLACE)?;
+    to_dir.fsync();
     let old_keys: Vec<String> = index.keys().filter(|k| is_within(k, from)).cloned().collect();
     move_in_index(index, from, to);
     for k in old_keys {
@@ -253,28 +295,28 @@ fn rename_in_index(
     Ok(())
 }
 
-fn ensure_dir(root: &Path, index: &mut Index, m: &mut Materialized, path: &str, id: DocId) -> io::Result<()> {
+fn ensure_dir(root: &Root, index: &mut Index, m: &mut Materialized, path: &str, id: DocId) -> io::Result<()> {
     if index.get(path).is_some_and(|e| e.id == id) {
         return Ok(());
     }
-    check_parents(root, path)?;
-    let full = root.join(path);
-    match fs::symlink_metadata(&full) {
+    let (dir, name) = root.parent(path)?;
+    match dir.metadata(name) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
             m.local_first.insert(path.to_string());
             return Ok(());
         }
-        Err(_) => fs::create_dir(&full)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => dir.mkdir(name, 0o777)?,
+        Err(e) => return Err(e),
     }
-    let stat = stat_of(&fs::symlink_metadata(&full)?);
+    let stat = stat_of(&dir.metadata(name)?);
     index.insert(path.to_string(), IndexEntry::dir(id, stat));
     m.touched.insert(path.to_string());
     Ok(())
 }
 
 fn write_file(
-    root: &Path,
+    root: &Root,
     index: &mut Index,
     m: &mut Materialized,
     path: &str,
@@ -288,6 +330,7 @@ fn write_file(
         Body::Blob { hash, losers, .. } => (*hash, vec![], true, &losers[..]),
     };
     let recorded = index.get(path).filter(|e| e.id == id).cloned();
+    let (dir, name) = root.parent(path)?;
     if let Some(e) = recorded.as_ref().filter(|e| e.hash == hash) {
         // Same bytes (e.g. a merge that only touched another file): only the base moves,
         // and perhaps the executable bit.
@@ -295,7 +338,7 @@ fn write_file(
         if let Some(exec) = content.exec
             && e.stat.is_exec() != exec
         {
-            e.stat = set_exec(&root.join(path), &e.stat, exec)?;
+            e.stat = set_exec(&dir, name, &e.stat, exec)?;
         }
         if index.get(path) != Some(&e) {
             index.insert(path.to_string(), e);
@@ -305,13 +348,11 @@ fn write_file(
     }
     let source = match &content.body {
         Body::Text { text, .. } => Source::Bytes(text.as_bytes()),
-        Body::Blob { source: Some(p), .. } => Source::File(p),
+        Body::Blob { source: Some(f), .. } => Source::File(f),
         Body::Blob { hash, .. } if *hash == *blake3::hash(b"").as_bytes() => Source::Bytes(b""),
         Body::Blob { .. } => return Ok(()), // not here yet: written once it has arrived
     };
-    check_parents(root, path)?;
-    let full = root.join(path);
-    let mode = match fs::symlink_metadata(&full) {
+    let mode = match dir.metadata(name) {
         Ok(meta) => {
             let unchanged =
                 recorded.as_ref().is_some_and(|e| disk_entry(&meta).is_some_and(|d| d.stat == e.stat));
@@ -332,11 +373,16 @@ fn write_file(
     };
     let expected = recorded.as_ref().map(|e| e.stat);
     // The file holds a version that lost a concurrent binary write: keep it aside.
-    let keep = recorded.as_ref().filter(|e| losers.contains(&e.hash)).map(|e| {
-        let name = crate::scan::name_of(path);
-        root.join(STATE_DIR).join(VERSIONS_DIR).join(format!("{name}.{}", &crate::blob::hex(&e.hash)[..12]))
-    });
-    match write_atomic(&full, source, mode, expected, keep.as_deref())? {
+    let keep = match recorded.as_ref().filter(|e| losers.contains(&e.hash)) {
+        Some(e) => {
+            let versions = root.create_dir_all(&format!("{STATE_DIR}/{VERSIONS_DIR}"))?;
+            let stem = truncated(name, KEPT_NAME_BYTES);
+            Some((versions, format!("{stem}.{}", &crate::blob::hex(&e.hash)[..12])))
+        }
+        None => None,
+    };
+    let keep_in = keep.as_ref().map(|(dir, name)| (dir, name.as_str()));
+    match write_atomic(&dir, name, source, mode, expected, keep_in)? {
         Some(stat) => {
             let entry = if binary {
                 IndexEntry::binary(id, stat, hash)
@@ -345,8 +391,8 @@ fn write_file(
             };
             index.insert(path.to_string(), entry);
             m.touched.insert(path.to_string());
-            if let Some(kept) = keep {
-                m.kept_versions.push((path.to_string(), kept));
+            if let Some((_, kept)) = keep {
+                m.kept_versions.push((path.to_string(), format!("{STATE_DIR}/{VERSIONS_DIR}/{kept}")));
             }
         }
         None => {
@@ -356,17 +402,26 @@ fn write_file(
     Ok(())
 }
 
-/// Changes only the executable bits of a file teatime recorded as `recorded` (if it is
-/// still that file).
-fn set_exec(full: &Path, recorded: &Stat, exec: bool) -> io::Result<Stat> {
-    let meta = fs::symlink_metadata(full)?;
-    if disk_entry(&meta).is_none_or(|d| d.stat != *recorded) {
-        return Ok(*recorded); // changed meanwhile: the next scan records it first
+/// The longest prefix of `name` within `max` bytes, cut at a character boundary.
+fn truncated(name: &str, max: usize) -> &str {
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
     }
-    let mode = meta.permissions().mode();
-    let mode = if exec { mode | (mode & 0o444) >> 2 } else { mode & !0o111 };
-    fs::set_permissions(full, fs::Permissions::from_mode(mode & 0o7777))?;
-    Ok(stat_of(&fs::symlink_metadata(full)?))
+    &name[..end]
+}
+
+/// Changes only the executable bits of the file `name` in `dir`, if it is still the one
+/// teatime recorded as `recorded`.
+fn set_exec(dir: &Dir, name: &str, recorded: &Stat, exec: bool) -> io::Result<Stat> {
+    let changed = dir.set_mode(name, |meta| {
+        if disk_entry(meta).is_none_or(|d| d.stat != *recorded) {
+            return None; // changed meanwhile: the next scan records it first
+        }
+        let mode = meta.permissions().mode();
+        Some(if exec { mode | (mode & 0o444) >> 2 } else { mode & !0o111 })
+    })?;
+    Ok(changed.map_or(*recorded, |meta| stat_of(&meta)))
 }
 
 /// What a write puts in the file.
@@ -374,36 +429,30 @@ fn set_exec(full: &Path, recorded: &Stat, exec: bool) -> io::Result<Stat> {
 pub enum Source<'a> {
     /// These bytes.
     Bytes(&'a [u8]),
-    /// A copy of this file (streamed: it may be larger than memory).
-    File(&'a Path),
+    /// A copy of this open file (streamed: it may be larger than memory).
+    File(&'a File),
 }
 
-/// Steps 2 to 5 of the module doc. `expected` is what the target must still be
-/// (`None`: it must not exist). The swap is a `RENAME_EXCHANGE` (or `RENAME_NOREPLACE`
-/// for a new file), and the file swapped out is checked afterwards: if the user wrote to
-/// it between our check and the swap, it is swapped back and `Ok(None)` says "ingest the
-/// local edit first". Returns the new file's [`Stat`].
+/// Steps 2 to 5 of the module doc, for the file `target` in `dir`. `expected` is what the
+/// target must still be (`None`: it must not exist). The swap is a `RENAME_EXCHANGE` (or
+/// `RENAME_NOREPLACE` for a new file), and the file swapped out is checked afterwards: if
+/// the user wrote to it between our check and the swap, it is swapped back and `Ok(None)`
+/// says "ingest the local edit first". The old file is moved to `keep_old` if given.
+/// Returns the new file's [`Stat`].
 pub fn write_atomic(
-    target: &Path,
+    dir: &Dir,
+    target: &str,
     source: Source<'_>,
     mode: Option<u32>,
     expected: Option<Stat>,
-    keep_old: Option<&Path>,
+    keep_old: Option<(&Dir, &str)>,
 ) -> io::Result<Option<Stat>> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    let dir = target.parent().ok_or_else(|| io::Error::other("target has no parent"))?;
-    let tmp = dir.join(format!("{TEMP_PREFIX}.{:016x}", rand::random::<u64>()));
+    let (tmp, mut f) = dir.create_temp(mode.unwrap_or(0o644))?;
     let written = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(mode.unwrap_or(0o644) & 0o777)
-            .open(&tmp)?;
         match source {
             Source::Bytes(bytes) => f.write_all(bytes)?,
-            Source::File(from) => {
-                io::copy(&mut fs::File::open(from)?, &mut f)?;
+            Source::File(mut from) => {
+                io::copy(&mut from, &mut f)?;
             }
         }
         if let Some(mode) = mode {
@@ -411,112 +460,80 @@ pub fn write_atomic(
         }
         f.sync_all()
     })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    let outcome = match expected {
-        None => match renameat_with(CWD, &tmp, CWD, target, RenameFlags::NOREPLACE) {
+    let outcome = written.and_then(|()| match expected {
+        None => match dir.rename(&tmp, dir, target, RenameFlags::NOREPLACE) {
             Ok(()) => Ok(true),
             // Someone created the file meanwhile: it is theirs, not ours to replace.
-            Err(rustix::io::Errno::EXIST) => Ok(false),
-            Err(e) => Err(io::Error::from(e)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
         },
-        Some(expected) => match renameat_with(CWD, &tmp, CWD, target, RenameFlags::EXCHANGE) {
-            Ok(()) => {
-                // `tmp` now holds what was at the target. Renaming changed its ctime, so
-                // compare what a writer changes: inode, size, mtime.
-                let swapped = fs::symlink_metadata(&tmp).map(|m| stat_of(&m));
-                let same = swapped.as_ref().is_ok_and(|s| {
-                    s.ino == expected.ino && s.size == expected.size && s.mtime_ns == expected.mtime_ns
-                });
-                if same {
-                    Ok(true)
-                } else {
-                    renameat_with(CWD, &tmp, CWD, target, RenameFlags::EXCHANGE).map_err(io::Error::from)?;
-                    Ok(false)
-                }
+        Some(expected) => {
+            dir.rename(&tmp, dir, target, RenameFlags::EXCHANGE)?;
+            // `tmp` now holds what was at the target. Renaming changed its ctime, so
+            // compare what a writer changes: inode, size, mtime.
+            let swapped = dir.metadata(&tmp).map(|m| stat_of(&m));
+            let same = swapped.as_ref().is_ok_and(|s| {
+                s.ino == expected.ino && s.size == expected.size && s.mtime_ns == expected.mtime_ns
+            });
+            if !same {
+                dir.rename(&tmp, dir, target, RenameFlags::EXCHANGE)?;
             }
-            Err(e) => Err(io::Error::from(e)),
-        },
+            Ok(same)
+        }
+    });
+    // `tmp` holds what the target held before (or our copy, if it did not go in): kept
+    // if asked, else removed.
+    let kept = match (&outcome, keep_old) {
+        (Ok(true), Some((keep_dir, keep_name))) if expected.is_some() => {
+            dir.rename(&tmp, keep_dir, keep_name, RenameFlags::empty())
+        }
+        _ => dir.unlink(&tmp),
     };
-    let outcome = outcome?;
-    // `tmp` holds what the target held before: kept if asked, else removed.
-    match keep_old.filter(|_| outcome && expected.is_some()) {
-        Some(keep) => {
-            if let Some(dir) = keep.parent() {
-                fs::create_dir_all(dir)?;
-            }
-            fs::rename(&tmp, keep)?;
-        }
-        None => {
-            let _ = fs::remove_file(&tmp);
-        }
-    }
-    if !outcome {
+    if !outcome? {
         return Ok(None);
     }
-    fsync_dir(dir);
-    Ok(Some(stat_of(&fs::symlink_metadata(target)?)))
+    if keep_old.is_some() {
+        kept?;
+    }
+    dir.fsync();
+    Ok(Some(stat_of(&dir.metadata(target)?)))
 }
 
-fn remove_file_if_unchanged(root: &Path, path: &str, recorded: &Stat) -> io::Result<bool> {
-    let full = root.join(path);
-    match fs::symlink_metadata(&full) {
-        Ok(meta) => {
-            if disk_entry(&meta).is_some_and(|d| d.stat == *recorded) {
-                check_parents(root, path)?;
-                fs::remove_file(&full)?;
-                Ok(true)
-            } else {
-                Ok(false)
-            }
+fn remove_file_if_unchanged(root: &Root, path: &str, recorded: &Stat) -> io::Result<bool> {
+    let (dir, name) = match root.parent(path) {
+        Ok(found) => found,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    match dir.metadata(name) {
+        Ok(meta) if disk_entry(&meta).is_some_and(|d| d.stat == *recorded) => {
+            dir.unlink(name)?;
+            Ok(true)
         }
+        Ok(_) => Ok(false),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(e),
     }
 }
 
-/// Every ancestor of `rel` inside the root must be a real directory: never act through a
-/// symlink a peer or a local process planted.
-fn check_parents(root: &Path, rel: &str) -> io::Result<()> {
-    let mut cur = root.to_path_buf();
-    let parent = parent_of(rel);
-    if parent.is_empty() {
-        return Ok(());
-    }
-    for comp in parent.split('/') {
-        cur.push(comp);
-        let meta = fs::symlink_metadata(&cur)?;
-        if !meta.file_type().is_dir() {
-            return Err(io::Error::other(format!("{} is not a directory", cur.display())));
-        }
-    }
-    Ok(())
-}
-
-fn fsync_dir(dir: &Path) {
-    // Best effort: some file systems refuse fsync on directories.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
 /// Removes temp files a crash left behind (reserved prefix), anywhere in the folder.
-pub fn remove_stale_temp_files(root: &Path) {
-    fn walk(dir: &Path) {
-        let Ok(rd) = fs::read_dir(dir) else { return };
-        for dent in rd.flatten() {
-            let name = dent.file_name();
-            let Ok(ft) = dent.file_type() else { continue };
+pub fn remove_stale_temp_files(root: &Root) {
+    // A work list, not recursion: nesting can be thousands deep.
+    let mut todo = vec![String::new()];
+    while let Some(rel) = todo.pop() {
+        let Ok(dir) = root.dir(&rel) else { continue };
+        let Ok(entries) = dir.entries() else { continue };
+        for (name, is_dir) in entries {
+            let Some(name) = name.to_str() else { continue };
             // Only write temps: an entry moved aside (`-mv.`) is tracked in the index and
             // is put in place by the next materialisation.
-            if name.to_string_lossy().starts_with(&format!("{TEMP_PREFIX}.")) && ft.is_file() {
-                let _ = fs::remove_file(dent.path());
-            } else if ft.is_dir() && name != teatime_crdt::path::STATE_DIR {
-                walk(&dent.path());
+            if name.starts_with(&format!("{TEMP_PREFIX}.")) && !is_dir {
+                if dir.metadata(name).is_ok_and(|m| m.is_file()) {
+                    let _ = dir.unlink(name);
+                }
+            } else if is_dir && name != STATE_DIR {
+                todo.push(crate::scan::join(&rel, name));
             }
         }
     }
-    walk(root);
 }

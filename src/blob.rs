@@ -14,10 +14,9 @@
 //! [`Frame::BlobMeta`]: crate::net::wire::Frame::BlobMeta
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use blake3::hazmat::{
@@ -26,6 +25,8 @@ use blake3::hazmat::{
 use iroh::EndpointId;
 use teatime_crdt::ids::{from_hex, to_hex};
 use teatime_crdt::path::STATE_DIR;
+
+use crate::fsroot::{Dir, Root};
 
 /// Size of one verified group.
 pub const GROUP: u64 = 1 << 20;
@@ -157,49 +158,65 @@ pub fn verify_group(cvs: &[ChainingValue], size: u64, index: u64, data: &[u8]) -
     group_cv(index, data) == cvs[index as usize]
 }
 
-/// Reads group `index` of `path` and checks it (a file that changed since it was hashed
+/// Reads group `index` of `f` and checks it (a file that changed since it was hashed
 /// must not be served: `Ok(None)`).
-pub fn read_group(path: &Path, cvs: &[ChainingValue], size: u64, index: u64) -> io::Result<Option<Vec<u8>>> {
-    let f = File::open(path)?;
+pub fn read_group(f: &File, cvs: &[ChainingValue], size: u64, index: u64) -> io::Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; group_len(size, index) as usize];
     f.read_exact_at(&mut buf, index * GROUP)?;
     Ok(verify_group(cvs, size, index, &buf).then_some(buf))
 }
 
-/// Where a folder keeps binary content in transit.
+/// Where a folder keeps binary content in transit (`.teatime/blobs/`, reached through the
+/// folder's directory handle like every other write).
 pub struct BlobDir {
-    dir: PathBuf,
+    root: Root,
 }
 
 impl BlobDir {
     /// The blob directory of the folder at `root` (created on first use).
-    pub fn new(root: &Path) -> Self {
-        BlobDir { dir: root.join(STATE_DIR).join("blobs") }
+    pub fn new(root: &Root) -> Self {
+        BlobDir { root: root.clone() }
     }
 
-    /// A completely received, verified blob.
-    pub fn complete(&self, hash: &Hash) -> PathBuf {
-        self.dir.join(hex(hash))
+    fn rel() -> String {
+        format!("{STATE_DIR}/blobs")
     }
 
-    fn partial(&self, hash: &Hash) -> PathBuf {
-        self.dir.join(format!("{}.part", hex(hash)))
+    fn dir(&self) -> io::Result<Dir> {
+        self.root.dir(&Self::rel())
+    }
+
+    fn partial(hash: &Hash) -> String {
+        format!("{}.part", hex(hash))
+    }
+
+    /// A completely received, verified blob, opened for reading.
+    pub fn open_complete(&self, hash: &Hash) -> Option<File> {
+        self.dir().and_then(|d| d.open_file(&hex(hash))).ok()
     }
 
     /// Whether a verified copy of `hash` is here.
     pub fn has(&self, hash: &Hash) -> bool {
-        self.complete(hash).is_file()
+        self.dir().and_then(|d| d.metadata(&hex(hash))).is_ok_and(|m| m.is_file())
     }
 
     /// Removes the copy of `hash` (it has been written everywhere it was needed).
     pub fn remove(&self, hash: &Hash) {
-        let _ = fs::remove_file(self.complete(hash));
+        let _ = self.dir().and_then(|d| d.unlink(&hex(hash)));
     }
 
     /// The hashes of complete blobs held.
     pub fn held(&self) -> Vec<Hash> {
-        let Ok(rd) = fs::read_dir(&self.dir) else { return vec![] };
-        rd.flatten().filter_map(|d| from_hex(d.file_name().to_str()?)).collect()
+        let Ok(entries) = self.dir().and_then(|d| d.entries()) else { return vec![] };
+        entries.into_iter().filter_map(|(name, _)| from_hex(name.to_str()?)).collect()
+    }
+
+    fn partial_len(&self, hash: &Hash) -> u64 {
+        self.dir().and_then(|d| d.metadata(&Self::partial(hash))).map_or(0, |m| m.len())
+    }
+
+    fn remove_partial(&self, hash: &Hash) {
+        let _ = self.dir().and_then(|d| d.unlink(&Self::partial(hash)));
     }
 }
 
@@ -236,7 +253,7 @@ pub struct Fetches {
 
 impl Fetches {
     /// No transfers yet.
-    pub fn new(root: &Path) -> Self {
+    pub fn new(root: &Root) -> Self {
         Fetches { blobs: BlobDir::new(root), active: HashMap::new() }
     }
 
@@ -279,7 +296,7 @@ impl Fetches {
         let dropped: Vec<Hash> = self.active.keys().filter(|h| !wanted.contains(*h)).copied().collect();
         for h in dropped {
             self.active.remove(&h);
-            let _ = fs::remove_file(self.blobs.partial(&h));
+            self.blobs.remove_partial(&h);
         }
     }
 
@@ -313,7 +330,7 @@ impl Fetches {
             // The CVs come first: they also verify what a partial file already holds.
             // With nothing received yet, the first window is asked for at once.
             f.cvs = None;
-            let partial = fs::metadata(self.blobs.partial(hash)).map_or(0, |m| m.len());
+            let partial = self.blobs.partial_len(hash);
             let count = if partial == 0 { WINDOW.min(groups(f.size)) } else { 0 };
             f.have = 0;
             f.asked = count;
@@ -361,9 +378,8 @@ impl Fetches {
             f.source = None;
             return Err(io::Error::other("blob verification data does not match its hash"));
         }
-        fs::create_dir_all(&self.blobs.dir)?;
-        let partial = self.blobs.partial(&hash);
-        let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&partial)?;
+        let file =
+            self.blobs.root.create_dir_all(&BlobDir::rel())?.open_rw(&BlobDir::partial(&hash), true)?;
         // Resume: keep the verified prefix of what an earlier transfer left.
         let on_disk = file.metadata()?.len();
         let mut have = 0;
@@ -417,7 +433,7 @@ impl Fetches {
             f.source = None;
             return Err(io::Error::other("a group of binary content failed verification"));
         }
-        let file = OpenOptions::new().write(true).open(self.blobs.partial(&hash))?;
+        let file = self.blobs.dir()?.open_rw(&BlobDir::partial(&hash), false)?;
         file.write_all_at(data, group * GROUP)?;
         f.have += 1;
         f.progress_at = Instant::now();
@@ -430,9 +446,11 @@ impl Fetches {
 
     fn finish(&mut self, hash: Hash) -> io::Result<Next> {
         self.active.remove(&hash);
-        let partial = self.blobs.partial(&hash);
-        File::open(&partial)?.sync_all()?;
-        fs::rename(&partial, self.blobs.complete(&hash))?;
+        let dir = self.blobs.dir()?;
+        let partial = BlobDir::partial(&hash);
+        dir.open_rw(&partial, false)?.sync_all()?;
+        dir.rename(&partial, &dir, &hex(&hash), rustix::fs::RenameFlags::empty())?;
+        dir.fsync();
         Ok(Next::Complete(hash))
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod filter;
+pub mod fsroot;
 pub mod home;
 pub mod local;
 pub mod locks;

@@ -13,12 +13,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
+use rustix::fs::FileType;
+
+use teatime_crdt::path::{MAX_DEPTH, MAX_PATH_BYTES, Refused, check_name, check_path};
 use teatime_crdt::{DocId, EntryKind};
 
 use crate::blob::{Hashed, hash_reader};
 use crate::filter::Filter;
+use crate::fsroot::{Dir, Root};
 use crate::store::{Index, IndexEntry, Stat};
 
 /// Files larger than this are not text documents (Automerge's memory cost per byte).
@@ -101,6 +104,28 @@ pub fn disk_entry(meta: &fs::Metadata) -> Option<DiskEntry> {
     Some(DiskEntry { kind, stat: stat_of(meta) })
 }
 
+/// What is at a path, from a raw status (not following symlinks), as [`disk_entry`].
+pub fn disk_entry_raw(st: &rustix::fs::Stat) -> Option<DiskEntry> {
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => EntryKind::Dir,
+        FileType::RegularFile => EntryKind::File,
+        _ => return None,
+    };
+    Some(DiskEntry { kind, stat: stat_of_raw(st) })
+}
+
+/// The [`Stat`] of a raw status, the same as [`stat_of`] gives for its metadata.
+#[allow(clippy::unnecessary_cast, reason = "the status fields' types differ between targets")]
+pub fn stat_of_raw(st: &rustix::fs::Stat) -> Stat {
+    Stat {
+        ino: st.st_ino as u64,
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+        ctime_ns: st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128,
+        mode: st.st_mode & 0o7777,
+    }
+}
+
 /// The [`Stat`] of a metadata record.
 pub fn stat_of(meta: &fs::Metadata) -> Stat {
     Stat {
@@ -134,24 +159,42 @@ pub struct Walked {
     pub holding_excluded: BTreeSet<String>,
 }
 
-/// Walks `scope` under `root`, never following symlinks, skipping what `filter` excludes.
-pub fn walk(root: &Path, scope: &Scope, filter: &Filter, skipped: &mut Vec<Skipped>) -> Walked {
+/// Whether a name found on disk may be published: peers would refuse it otherwise
+/// ([`teatime_crdt::path`]), so it is reported and stays local.
+fn publishable(child: &str, name: &str) -> Result<(), Refused> {
+    check_name(name)?;
+    if child.len() > MAX_PATH_BYTES {
+        return Err(Refused::PathTooLong);
+    }
+    if child.bytes().filter(|b| *b == b'/').count() >= MAX_DEPTH {
+        return Err(Refused::TooDeep);
+    }
+    Ok(())
+}
+
+/// Walks `scope` under `root`, never following symlinks (every directory is opened
+/// beneath the root's handle, so one swapped for a symlink is not entered), skipping what
+/// `filter` excludes and names that may not be published.
+pub fn walk(root: &Root, scope: &Scope, filter: &Filter, skipped: &mut Vec<Skipped>) -> Walked {
     let mut out = Walked::default();
     match scope {
-        Scope::All => walk_dir(root, "", filter, &mut out, skipped),
+        Scope::All => walk_below(root, String::new(), filter, &mut out, skipped),
         Scope::Paths(paths) => {
             for rel in paths {
-                let Ok(meta) = fs::symlink_metadata(root.join(rel)) else {
-                    continue;
-                };
-                if filter.excludes(rel, meta.is_dir()) {
+                let Ok(st) = root.stat(rel) else { continue };
+                let entry = disk_entry_raw(&st);
+                if filter.excludes(rel, entry.is_some_and(|d| d.kind == EntryKind::Dir)) {
                     continue;
                 }
-                match disk_entry(&meta) {
+                if let Err(why) = check_path(rel) {
+                    skipped.push(Skipped { path: rel.clone(), reason: why.as_str() });
+                    continue;
+                }
+                match entry {
                     Some(d) => {
                         out.entries.insert(rel.clone(), d);
                         if d.kind == EntryKind::Dir {
-                            walk_dir(root, rel, filter, &mut out, skipped);
+                            walk_below(root, rel.clone(), filter, &mut out, skipped);
                         }
                     }
                     None => skipped.push(Skipped { path: rel.clone(), reason: SPECIAL_FILE }),
@@ -162,33 +205,42 @@ pub fn walk(root: &Path, scope: &Scope, filter: &Filter, skipped: &mut Vec<Skipp
     out
 }
 
-fn walk_dir(root: &Path, rel: &str, filter: &Filter, out: &mut Walked, skipped: &mut Vec<Skipped>) {
-    let Ok(rd) = fs::read_dir(root.join(rel)) else {
-        return;
-    };
-    for dent in rd.flatten() {
-        let name = dent.file_name();
-        let Some(name) = name.to_str() else {
-            skipped.push(Skipped {
-                path: join(rel, &name.to_string_lossy()),
-                reason: "file name is not valid UTF-8",
-            });
-            continue;
-        };
-        let child = join(rel, name);
-        let Ok(meta) = dent.metadata() else { continue };
-        if filter.excludes(&child, meta.is_dir()) {
-            out.holding_excluded.insert(rel.to_string());
-            continue;
-        }
-        match disk_entry(&meta) {
-            Some(d) => {
-                out.entries.insert(child.clone(), d);
-                if d.kind == EntryKind::Dir {
-                    walk_dir(root, &child, filter, out, skipped);
-                }
+/// Everything below the directory `top`, with a work list rather than recursion: a peer
+/// can nest directories thousands deep, which must cost neither stack nor open files.
+fn walk_below(root: &Root, top: String, filter: &Filter, out: &mut Walked, skipped: &mut Vec<Skipped>) {
+    let mut todo = vec![top];
+    while let Some(rel) = todo.pop() {
+        let Ok(dir) = root.dir(&rel) else { continue };
+        let Ok(entries) = dir.entries() else { continue };
+        for (name, _) in entries {
+            let Some(name) = name.to_str() else {
+                skipped.push(Skipped {
+                    path: join(&rel, &name.to_string_lossy()),
+                    reason: "file name is not valid UTF-8",
+                });
+                continue;
+            };
+            let child = join(&rel, name);
+            let Ok(st) = dir.stat(name) else { continue };
+            let entry = disk_entry_raw(&st);
+            if filter.excludes(&child, entry.is_some_and(|d| d.kind == EntryKind::Dir)) {
+                out.holding_excluded.insert(rel.clone());
+                continue;
             }
-            None => skipped.push(Skipped { path: child, reason: SPECIAL_FILE }),
+            if let Err(why) = publishable(&child, name) {
+                skipped.push(Skipped { path: child, reason: why.as_str() });
+                out.holding_excluded.insert(rel.clone());
+                continue;
+            }
+            match entry {
+                Some(d) => {
+                    out.entries.insert(child.clone(), d);
+                    if d.kind == EntryKind::Dir {
+                        todo.push(child);
+                    }
+                }
+                None => skipped.push(Skipped { path: child, reason: SPECIAL_FILE }),
+            }
         }
     }
 }
@@ -321,54 +373,50 @@ impl Read_ {
 
 /// Reads a file as text if it is text (and `binary` is false), else hashes it as binary
 /// content.
-fn read_content(root: &Path, rel: &str, text_limit: u64, binary: bool) -> Read_ {
+fn read_content(root: &Root, rel: &str, text_limit: u64, binary: bool) -> Read_ {
+    let Ok((dir, name)) = root.parent(rel) else {
+        return Read_::Gone;
+    };
     if !binary {
-        match read_text(root, rel, text_limit) {
+        match read_text(&dir, name, text_limit) {
             Read_::NotText => {}
             other => return other,
         }
     }
-    read_binary(root, rel)
+    read_binary(&dir, name)
 }
 
 /// Hashes a binary file (streamed: it may be larger than memory), checking that it did
 /// not change meanwhile: a file being written is not published half-written.
-fn read_binary(root: &Path, rel: &str) -> Read_ {
-    let path = root.join(rel);
-    let Ok(f) = fs::File::open(&path) else {
+fn read_binary(dir: &Dir, name: &str) -> Read_ {
+    let Ok(f) = dir.open_file(name) else {
         return Read_::Gone;
     };
     let Ok(before) = f.metadata() else {
         return Read_::Gone;
     };
-    if !before.is_file() {
-        return Read_::Gone;
-    }
     let Ok(blob) = hash_reader(f) else {
         return Read_::Unstable;
     };
-    let Ok(after) = fs::symlink_metadata(&path) else {
+    let Ok(after) = dir.stat(name) else {
         return Read_::Gone;
     };
-    if stat_of(&before) != stat_of(&after) || blob.size != after.len() {
+    let after = stat_of_raw(&after);
+    if stat_of(&before) != after || blob.size != after.size {
         return Read_::Unstable;
     }
-    Read_::Binary { blob, stat: stat_of(&after) }
+    Read_::Binary { blob, stat: after }
 }
 
 /// Reads a file whole if it is a text file, checking that it did not change meanwhile
 /// (a writer still appending must not be ingested half-written).
-fn read_text(root: &Path, rel: &str, text_limit: u64) -> Read_ {
-    let path = root.join(rel);
-    let Ok(mut f) = fs::File::open(&path) else {
+fn read_text(dir: &Dir, name: &str, text_limit: u64) -> Read_ {
+    let Ok(mut f) = dir.open_file(name) else {
         return Read_::Gone;
     };
     let Ok(before) = f.metadata() else {
         return Read_::Gone;
     };
-    if !before.is_file() {
-        return Read_::Gone;
-    }
     if before.len() > text_limit {
         return Read_::NotText;
     }
@@ -376,10 +424,11 @@ fn read_text(root: &Path, rel: &str, text_limit: u64) -> Read_ {
     if f.by_ref().take(text_limit + 1).read_to_end(&mut bytes).is_err() {
         return Read_::Unstable;
     }
-    let Ok(after) = fs::symlink_metadata(&path) else {
+    let Ok(after) = dir.stat(name) else {
         return Read_::Gone;
     };
-    if stat_of(&before) != stat_of(&after) || bytes.len() as u64 != after.len() {
+    let after = stat_of_raw(&after);
+    if stat_of(&before) != after || bytes.len() as u64 != after.size {
         return Read_::Unstable;
     }
     if bytes.contains(&0) {
@@ -387,7 +436,7 @@ fn read_text(root: &Path, rel: &str, text_limit: u64) -> Read_ {
     }
     let hash = *blake3::hash(&bytes).as_bytes();
     match String::from_utf8(bytes) {
-        Ok(content) => Read_::Text { content, stat: stat_of(&after), hash },
+        Ok(content) => Read_::Text { content, stat: after, hash },
         Err(_) => Read_::NotText,
     }
 }
@@ -395,7 +444,7 @@ fn read_text(root: &Path, rel: &str, text_limit: u64) -> Read_ {
 /// Compares what is on disk in `scope` with `index` and says what changed.
 /// `new_id` supplies ids for new entries.
 pub fn reconcile(
-    root: &Path,
+    root: &Root,
     index: &Index,
     scope: &Scope,
     filter: &Filter,
@@ -542,9 +591,8 @@ pub fn reconcile(
         .map(|(p, e)| (p.clone(), e.id))
         .collect();
     for (path, id) in gone.into_iter().rev() {
-        let at_ms = fs::symlink_metadata(root.join(parent_of(&path)))
-            .map(|m| ns_to_ms(stat_of(&m).mtime_ns))
-            .unwrap_or(u64::MAX);
+        let at_ms =
+            root.stat(parent_of(&path)).map(|st| ns_to_ms(stat_of_raw(&st).mtime_ns)).unwrap_or(u64::MAX);
         out.ops.push(LocalOp::Delete { id, path, at_ms });
     }
     out
@@ -572,6 +620,8 @@ pub fn move_in_index(index: &mut Index, from: &str, to: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn ids() -> impl FnMut() -> DocId {
@@ -606,7 +656,27 @@ mod tests {
     }
 
     fn scan_all(root: &Path, index: &Index, new_id: &mut dyn FnMut() -> DocId) -> Reconciled {
-        reconcile(root, index, &Scope::All, &Filter::load(root, None), DEFAULT_TEXT_LIMIT_BYTES, new_id)
+        let filter = Filter::load(root, None);
+        reconcile(&Root::open(root).unwrap(), index, &Scope::All, &filter, DEFAULT_TEXT_LIMIT_BYTES, new_id)
+    }
+
+    #[test]
+    fn names_peers_would_refuse_are_reported_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for name in ["aux.c", "cafe\u{301}.md", "a\\b", "notes.", "evil\u{202e}txt"] {
+            fs::write(root.join(name), "x").unwrap();
+        }
+        fs::create_dir(root.join("CON")).unwrap();
+        fs::write(root.join("CON/inside.md"), "x").unwrap();
+        fs::write(root.join("fine.md"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("link")).unwrap();
+        let r = scan_all(root, &Index::new(), &mut ids());
+        let published: Vec<String> = r.ops.iter().flat_map(LocalOp::paths).collect();
+        assert_eq!(published, ["fine.md"]);
+        let mut skipped: Vec<&str> = r.skipped.iter().map(|s| s.path.as_str()).collect();
+        skipped.sort();
+        assert_eq!(skipped, ["CON", "a\\b", "aux.c", "cafe\u{301}.md", "evil\u{202e}txt", "link", "notes."]);
     }
 
     #[test]
@@ -657,7 +727,7 @@ mod tests {
 
         fs::remove_dir_all(root.join("e")).unwrap();
         let r = reconcile(
-            root,
+            &Root::open(root).unwrap(),
             &index,
             &Scope::Paths(["e".to_string()].into()),
             &Filter::default(),

@@ -34,7 +34,7 @@ pub use automerge;
 pub use file::FileDoc;
 pub use folder::{BlobRef, Deletion, Entry, EntryKind, FolderDoc, Location, Member, Stamp, Strategy};
 pub use ids::DocId;
-pub use tree::{Conflict, FileFacts, FolderView, NoFacts, Tree, render};
+pub use tree::{Conflict, FileFacts, FolderView, NoFacts, RefusedName, Tree, render};
 
 /// An error from the model: the Automerge document does not have the shape teatime
 /// wrote, or Automerge refused an operation.

@@ -25,8 +25,10 @@
 //! 2. An entry whose parent is missing or is not a directory lives at the root.
 //! 3. Concurrent moves can make a cycle; the cycle member with the smallest id is shown at
 //!    the root, which breaks it.
-//! 4. Names that are not valid on disk ([`crate::path::is_valid_name`]) hide the entry and
-//!    everything under it.
+//! 4. Names that are not valid on disk ([`crate::path::check_name`]), and paths longer
+//!    than [`MAX_PATH_BYTES`] or deeper than [`MAX_DEPTH`], hide the entry and everything under it; the tree says which
+//!    ([`Tree::refused`], [`Tree::hidden`]) so the caller can report them and knows not to
+//!    treat them as deleted.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -35,7 +37,7 @@ use automerge::ChangeHash;
 
 use crate::DocId;
 use crate::folder::{Deletion, Entry, EntryKind, Location, Member, Stamp, Strategy};
-use crate::path::is_valid_name;
+use crate::path::{MAX_DEPTH, MAX_PATH_BYTES, Refused, check_name, is_valid_name};
 
 /// What the tree needs to know about file documents.
 pub trait FileFacts {
@@ -122,6 +124,23 @@ pub struct Tree {
     pub duplicates: Vec<DocId>,
     /// File documents whose state the result depends on: re-render when they change.
     pub depends_on: BTreeSet<DocId>,
+    /// Entries not shown because their name (or path) may not reach disk, in render order.
+    pub refused: Vec<RefusedName>,
+    /// Those entries and every shown entry below them: hidden, not deleted.
+    pub hidden: BTreeSet<DocId>,
+}
+
+/// An entry whose name the tree refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedName {
+    /// The entry.
+    pub entry: DocId,
+    /// The path of the directory it is in (`""`: the root).
+    pub parent: String,
+    /// Its name, as the peer wrote it (escape it before printing).
+    pub name: String,
+    /// Why.
+    pub reason: Refused,
 }
 
 impl Tree {
@@ -191,12 +210,38 @@ pub fn render(view: &FolderView<'_>, facts: &dyn FileFacts) -> Tree {
     }
 
     // Top-down; a directory created twice is one group rendered at one path.
-    let mut stack: Vec<(Vec<Option<DocId>>, String)> = vec![(vec![None], String::new())];
-    while let Some((dirs, dir_path)) = stack.pop() {
-        let kids: Vec<DocId> = dirs.iter().filter_map(|d| children.get(d)).flatten().copied().collect();
+    let mut stack: Vec<(Vec<Option<DocId>>, String, usize)> = vec![(vec![None], String::new(), 0)];
+    while let Some((dirs, dir_path, depth)) = stack.pop() {
+        let (kids, refused): (Vec<DocId>, Vec<DocId>) = dirs
+            .iter()
+            .filter_map(|d| children.get(d))
+            .flatten()
+            .copied()
+            .partition(|id| is_valid_name(&loc_of[id].name));
+        for id in refused {
+            let name = loc_of[&id].name.clone();
+            let reason = check_name(&name).expect_err("partitioned as refused");
+            tree.refused.push(RefusedName { entry: id, parent: dir_path.clone(), name, reason });
+        }
         for (group, name) in
             name_siblings(&kids, entries, &loc_of, &ranker, interactive, view.members, facts, &mut tree)
         {
+            // A conflict name is built from a valid one but may be too long.
+            let reason = check_name(&name)
+                .err()
+                .or((dir_path.len() + 1 + name.len() > MAX_PATH_BYTES).then_some(Refused::PathTooLong))
+                .or((depth + 1 > MAX_DEPTH).then_some(Refused::TooDeep));
+            if let Some(reason) = reason {
+                for id in group {
+                    tree.refused.push(RefusedName {
+                        entry: id,
+                        parent: dir_path.clone(),
+                        name: name.clone(),
+                        reason,
+                    });
+                }
+                continue;
+            }
             let path = if dir_path.is_empty() { name } else { format!("{dir_path}/{name}") };
             let kind = entries[&group[0]].kind;
             for id in &group {
@@ -204,8 +249,14 @@ pub fn render(view: &FolderView<'_>, facts: &dyn FileFacts) -> Tree {
             }
             tree.by_path.insert(path.clone(), (group[0], kind));
             if kind == EntryKind::Dir {
-                stack.push((group.into_iter().map(Some).collect(), path));
+                stack.push((group.into_iter().map(Some).collect(), path, depth + 1));
             }
+        }
+    }
+    let mut below: Vec<DocId> = tree.refused.iter().map(|r| r.entry).collect();
+    while let Some(id) = below.pop() {
+        if tree.hidden.insert(id) {
+            below.extend(children.get(&Some(id)).into_iter().flatten());
         }
     }
     tree
@@ -292,8 +343,8 @@ fn effective_parents(
     parent_of
 }
 
-/// Names the children of one directory: groups of entries shown at one name (several
-/// only for a directory created twice), with that name.
+/// Names the children of one directory (whose names are valid): groups of entries shown
+/// at one name (several only for a directory created twice), with that name.
 #[allow(clippy::too_many_arguments)] // the render context, passed down explicitly
 fn name_siblings(
     kids: &[DocId],
@@ -308,10 +359,7 @@ fn name_siblings(
     // Names that differ only in case are one path on case-insensitive disks: one group.
     let mut by_key: BTreeMap<String, Vec<DocId>> = BTreeMap::new();
     for id in kids {
-        let name = &loc_of[id].name;
-        if is_valid_name(name) {
-            by_key.entry(name.to_lowercase()).or_default().push(*id);
-        }
+        by_key.entry(loc_of[id].name.to_lowercase()).or_default().push(*id);
     }
     let mut out: Vec<(Vec<DocId>, String)> = Vec::new();
     let mut losers: Vec<DocId> = Vec::new();
@@ -540,6 +588,34 @@ mod tests {
         assert_eq!(t.path_of(id(1)), Some("notes (conflict, alice).md"));
         assert_eq!(t.path_of(id(3)), None);
         assert_eq!(t.path_of(id(4)), None);
+        assert_eq!(
+            t.refused,
+            [RefusedName {
+                entry: id(3),
+                parent: String::new(),
+                name: "..".into(),
+                reason: Refused::DotName
+            }]
+        );
+        assert_eq!(t.hidden, BTreeSet::from([id(3), id(4)]), "the refused entry hides its subtree");
+    }
+
+    #[test]
+    fn a_path_over_the_limit_is_refused_with_its_subtree() {
+        let long = "d".repeat(250);
+        let mut entries = BTreeMap::new();
+        for n in 1..=17u8 {
+            entries.insert(id(n), e((n > 1).then(|| n - 1), &long, EntryKind::Dir, false));
+        }
+        entries.insert(id(18), e(Some(17), "f.md", EntryKind::File, false));
+        let t = show(&entries, Strategy::Timestamp);
+        assert!(t.path_of(id(16)).is_some_and(|p| p.len() <= MAX_PATH_BYTES));
+        assert_eq!(t.path_of(id(17)), None);
+        assert_eq!(
+            t.refused.iter().map(|r| (r.entry, r.reason)).collect::<Vec<_>>(),
+            [(id(17), Refused::PathTooLong)]
+        );
+        assert_eq!(t.hidden, BTreeSet::from([id(17), id(18)]));
     }
 
     #[test]

@@ -322,7 +322,7 @@ async fn run(
     let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let (outbox, mut out_rx) = mpsc::channel::<Frame>(OUTBOX_CAPACITY);
     access.links.up(peer);
-    info!(peer = %peer.fmt_short(), %name, dialed_by_me, "connected");
+    info!(peer = %peer.fmt_short(), ?name, dialed_by_me, "connected");
     let up = Event::PeerUp(Session { peer, name, addr, conn_id, dialed_by_me, outbox, conn: conn.clone() });
     if access.inbox.send(up).await.is_err() {
         access.links.down(peer);

@@ -47,23 +47,19 @@ impl Replica {
     /// file in the folder that still holds it (checked group by group as it is read).
     pub(super) fn serve_blob(&mut self, peer: EndpointId, hash: Hash, from: u64, count: u32, meta: bool) {
         let none = Frame::BlobNone { hash };
-        let complete = self.fetches.dir().complete(&hash);
-        let source = if complete.is_file() {
-            Some(complete)
-        } else {
-            self.index
-                .iter()
-                .filter(|(_, e)| e.binary && e.hash == hash)
-                .map(|(p, e)| (self.root.join(p), e.stat))
-                .find(|(full, stat)| {
-                    std::fs::symlink_metadata(full).is_ok_and(|m| scan::stat_of(&m) == *stat)
-                })
-                .map(|(full, _)| full)
-        };
+        // A received copy, or a file in the folder that still has the indexed metadata
+        // (checked on the opened file, so what is read is what was checked).
+        let source = self.fetches.dir().open_complete(&hash).or_else(|| {
+            self.index.iter().filter(|(_, e)| e.binary && e.hash == hash).find_map(|(p, e)| {
+                let (dir, name) = self.fs.parent(p).ok()?;
+                let file = dir.open_file(name).ok()?;
+                file.metadata().is_ok_and(|m| scan::stat_of(&m) == e.stat).then_some(file)
+            })
+        });
         let Some(source) = source else { return self.send(peer, none) };
         let hashed = match self.outboards.get(&hash) {
             Some(h) => h.clone(),
-            None => match std::fs::File::open(&source).and_then(blob::hash_reader) {
+            None => match blob::hash_reader(&source) {
                 Ok(h) if h.hash == hash => {
                     let h = Arc::new(h);
                     self.outboards.insert(hash, h.clone());

@@ -55,6 +55,7 @@ use crate::blob::{self, Fetches, Hash, Hashed, Next};
 use crate::config::Tuning;
 use crate::control::{Request, Response};
 use crate::filter::Filter;
+use crate::fsroot::Root;
 use crate::local::{self, Mode};
 use crate::locks::{self, Locks};
 use crate::net::wire::{Frame, Heads};
@@ -170,6 +171,8 @@ pub struct Identity {
 /// One folder's state and the logic that keeps it in sync.
 pub struct Replica {
     root: PathBuf,
+    /// The folder's directory handle: every write to the folder goes through it.
+    fs: Root,
     store: Store,
     id: Identity,
     me: EndpointId,
@@ -349,7 +352,8 @@ impl Replica {
         let folder =
             folder.unwrap_or_else(|| FolderDoc::from_doc(AutoCommit::new().with_actor(id.actor.clone())));
         let filter = Filter::load(&root, local::tracked(&store)?);
-        let fetches = Fetches::new(&root);
+        let fs = Root::open(&root)?;
+        let fetches = Fetches::new(&fs);
         let locks = Locks::new(local::locks(&store)?);
         let exec_was_synced = folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on");
         let paused = local::paused(&store)?;
@@ -371,6 +375,7 @@ impl Replica {
             fetches,
             filter,
             root,
+            fs,
             store,
             id,
             me,
@@ -431,7 +436,7 @@ impl Replica {
     /// Processes events until `cancel` or until every sender is gone.
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Event>, cancel: CancellationToken) {
         self.running = true;
-        apply::remove_stale_temp_files(&self.root);
+        apply::remove_stale_temp_files(&self.fs);
         for (id, addr) in self.known_peer_addrs() {
             debug!(peer = %id.fmt_short(), "reconnecting to known peer");
             let _ = self.dial.try_send(addr);
@@ -723,7 +728,15 @@ impl Replica {
             }
             Frame::BlobNone { hash } => self.fetches.refused(peer, hash),
             Frame::Excludes { local, tracked } => {
-                let tracked = tracked.map(|t| t.into_iter().collect());
+                // Paths that could never be synced match nothing: left out, said once.
+                let tracked = tracked.map(|t| {
+                    let (valid, refused): (BTreeSet<String>, BTreeSet<String>) =
+                        t.into_iter().partition(|p| teatime_crdt::path::check_path(p).is_ok());
+                    if !refused.is_empty() && self.reported.insert(format!("excludes\0{peer}")) {
+                        warn!(peer = %peer.fmt_short(), ?refused, "ignoring tracked paths that may not reach disk");
+                    }
+                    valid
+                });
                 let filter = self.filter.for_peer(&local, tracked);
                 self.peer_filters.insert(peer, filter);
             }
@@ -932,10 +945,10 @@ impl Replica {
         }
         let mut new_id = || DocId(rand::random());
         let text_limit = self.text_limit();
-        let r = scan::reconcile(&self.root, &self.index, &scope, &self.filter, text_limit, &mut new_id);
+        let r = scan::reconcile(&self.fs, &self.index, &scope, &self.filter, text_limit, &mut new_id);
         for s in r.skipped {
             if self.reported.insert(format!("{}\0{}", s.path, s.reason)) {
-                info!(path = %s.path, "not synced: {}", s.reason);
+                info!(path = ?s.path, "not synced: {}", s.reason);
             }
         }
         // The tree as it was before this scan: untracked paths are matched against it.
@@ -958,7 +971,7 @@ impl Replica {
                 let path = op.paths().pop().unwrap_or_default();
                 if self.reported.insert(format!("locked\0{id}\0{who}")) {
                     let name = self.folder.members().get(&who.to_string()).map(|m| m.name.clone());
-                    warn!(%path, holder = name.as_deref().unwrap_or("?"), "file is locked by another peer: the local change is held back until it is unlocked");
+                    warn!(?path, holder = ?name.as_deref().unwrap_or("?"), "file is locked by another peer: the local change is held back until it is unlocked");
                 }
                 held.extend(op.paths());
             } else if mode == Mode::ReceiveOnly && !matches!(op, LocalOp::Touch { .. }) {
@@ -1269,7 +1282,7 @@ impl Replica {
                 let body = match entry.blob() {
                     Some(b) => Body::Blob {
                         hash: b.hash,
-                        source: blobs.has(&b.hash).then(|| blobs.complete(&b.hash)),
+                        source: blobs.open_complete(&b.hash),
                         losers: entry.blobs.iter().filter(|o| o.hash != b.hash).map(|o| o.hash).collect(),
                     },
                     None => {
@@ -1283,11 +1296,11 @@ impl Replica {
             let skip = |path: &str, is_dir: bool| {
                 filter.excludes(path, is_dir) || held.iter().any(|h| scan::is_within(path, h))
             };
-            let m =
-                materialize(&self.root, &self.tree.tree, &skip, &mut self.index, &changed, &mut content_of);
+            let m = materialize(&self.fs, &self.tree.tree, &skip, &mut self.index, &changed, &mut content_of);
+            self.report_refused_names();
             let rules_changed = m.touched.iter().any(|p| Filter::is_rule_file(p));
             for (path, kept) in &m.kept_versions {
-                info!(%path, kept = %kept.display(), "a concurrent binary version lost; it is kept");
+                info!(?path, ?kept, "a concurrent binary version lost; it is kept");
             }
             for path in &m.touched {
                 self.errors.remove(path);
@@ -1297,9 +1310,13 @@ impl Replica {
                 self.reload_filter();
             }
             for (path, id, err) in m.errors {
-                // Often transient (a local move not scanned yet): try again shortly.
-                warn!(%path, "could not apply a remote change (will retry): {err}");
-                self.errors.insert(path.clone(), err.to_string());
+                // Often transient (a local move not scanned yet): try again shortly, and
+                // say it again only if the reason changes.
+                let err = err.to_string();
+                if self.errors.get(&path) != Some(&err) {
+                    warn!(?path, "could not apply a remote change (will retry): {err}");
+                }
+                self.errors.insert(path, err);
                 self.schedule_retry([id]);
             }
             if m.local_first.is_empty() {
@@ -1326,6 +1343,22 @@ impl Replica {
         for doc in to_send {
             for peer in &peers {
                 self.push(*peer, doc);
+            }
+        }
+    }
+
+    /// Entries the tree hides because a peer gave them a name that may not reach disk: said
+    /// once each, escaped (a name may hold control or bidi characters meant for a terminal).
+    fn report_refused_names(&mut self) {
+        for r in &self.tree.tree.refused {
+            if self.reported.insert(format!("refused-name\0{}\0{}", r.entry, r.name)) {
+                warn!(
+                    entry = %r.entry.short(),
+                    parent = ?r.parent,
+                    name = ?r.name,
+                    "not written: a peer gave this entry a name that may not reach disk ({})",
+                    r.reason
+                );
             }
         }
     }

@@ -16,27 +16,13 @@ impl Replica {
     /// `.teatime/versions/reverted-<time>/` first: a revert never destroys the user's
     /// bytes.
     pub(super) fn revert_paths(&mut self, paths: &BTreeSet<String>) -> usize {
-        let backup =
-            self.root.join(STATE_DIR).join(apply::VERSIONS_DIR).join(format!("reverted-{}", now_ms()));
+        let backup = format!("{STATE_DIR}/{}/reverted-{}", apply::VERSIONS_DIR, now_ms());
         let mut count = 0;
         // Deepest first, so a directory is emptied before it is looked at.
         for path in paths.iter().rev() {
-            let full = self.root.join(path);
-            if let Ok(meta) = std::fs::symlink_metadata(&full) {
-                let keep = backup.join(path);
-                let moved = keep.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
-                    // An empty directory goes; one with content (moved or created here) is
-                    // kept aside whole, like a file.
-                    if meta.is_dir() {
-                        std::fs::remove_dir(&full).or_else(|_| std::fs::rename(&full, &keep))
-                    } else {
-                        std::fs::rename(&full, &keep)
-                    }
-                });
-                if let Err(e) = moved {
-                    warn!(%path, "could not put back: {e}");
-                    continue;
-                }
+            if let Err(e) = self.put_aside(path, &backup) {
+                warn!(?path, "could not put back: {e}");
+                continue;
             }
             // Forgotten by the index: the next materialisation writes the synced version.
             let below: Vec<String> =
@@ -51,6 +37,28 @@ impl Replica {
         self.remote_changed.insert(self.id.folder);
         self.remote_changed.extend(self.files.keys().copied());
         count
+    }
+
+    /// Moves what is at `path` to the same place under `backup` (both inside the folder,
+    /// through its directory handle). An empty directory is removed instead; nothing there
+    /// is nothing to do.
+    fn put_aside(&self, path: &str, backup: &str) -> std::io::Result<()> {
+        let (dir, name) = match self.fs.parent(path) {
+            Ok(found) => found,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let meta = match dir.metadata(name) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if meta.is_dir() && dir.remove_dir(name).is_ok() {
+            return Ok(());
+        }
+        // A directory with content (moved or created here) is kept aside whole, like a file.
+        let keep_dir = self.fs.create_dir_all(&format!("{backup}/{}", parent_of(path)))?;
+        dir.rename(name, &keep_dir, name, rustix::fs::RenameFlags::NOREPLACE)
     }
 
     /// `teatime revert`: everything changed locally and held back (receive-only) is put

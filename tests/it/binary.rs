@@ -488,7 +488,7 @@ fn special_files_scenario() -> Vec<Vec<String>> {
     SPECIALS
         .iter()
         .map(|name| {
-            let field = format!("path={name}");
+            let field = format!("path={name:?}");
             reports
                 .iter()
                 .filter(|l| l.split_whitespace().any(|w| w == field))

@@ -65,25 +65,29 @@ pub fn tree(dir: &Path) -> Tree {
 }
 
 fn walk(dir: &Path, prefix: &str, skip_state: bool, out: &mut Tree) {
-    // A live peer may change the folder under us: whatever vanishes mid-walk is skipped,
-    // and the callers poll until the snapshot is the one they expect.
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if skip_state && prefix.is_empty() && name == STATE_DIR {
-            continue;
-        }
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-        let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+    // A work list, not recursion: a test may nest directories thousands deep.
+    let mut todo = vec![(dir.to_path_buf(), prefix.to_owned())];
+    while let Some((dir, prefix)) = todo.pop() {
+        // A live peer may change the folder under us: whatever vanishes mid-walk is
+        // skipped, and the callers poll until the snapshot is the one they expect.
+        let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
-        if meta.is_dir() {
-            out.insert(rel.clone(), Entry::Dir);
-            walk(&entry.path(), &rel, skip_state, out);
-        } else if let Ok(bytes) = fs::read(entry.path()) {
-            out.insert(rel, Entry::File(bytes));
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if skip_state && prefix.is_empty() && name == STATE_DIR {
+                continue;
+            }
+            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let Ok(meta) = fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            if meta.is_dir() {
+                out.insert(rel.clone(), Entry::Dir);
+                todo.push((entry.path(), rel));
+            } else if let Ok(bytes) = fs::read(entry.path()) {
+                out.insert(rel, Entry::File(bytes));
+            }
         }
     }
 }
@@ -347,6 +351,19 @@ impl Peer {
             ticket: None,
             runs: 0,
         }
+    }
+
+    /// A peer that is not running yet, whose folder will be `folder` (relative) inside its
+    /// temp dir, so a test can put things around the folder (see [`Peer::temp_root`]).
+    pub fn new_in(name: &str, folder: &str) -> Self {
+        let mut peer = Self::new(name);
+        peer.dir = peer.root_path().join(folder);
+        peer
+    }
+
+    /// The peer's own temp dir: its home, log and folder are inside.
+    pub fn temp_root(&self) -> &Path {
+        self.root_path()
     }
 
     /// A peer sharing a new empty folder.
