@@ -620,12 +620,48 @@ fn ask(home: Option<PathBuf>, name: Option<String>, dir: &Path, req: &Request) -
     }
 }
 
+/// Whether a character could rewrite the terminal or reorder what it shows (a control
+/// character, a bidirectional override or isolate, a line or paragraph separator).
+fn is_unsafe_to_show(c: char, keep_newlines: bool) -> bool {
+    (c.is_control() && !(keep_newlines && c == '\n'))
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+}
+
+/// `text` with unsafe characters escaped (`\u{1b}`).
+fn defanged(text: &str, keep_newlines: bool) -> String {
+    if !text.chars().any(|c| is_unsafe_to_show(c, keep_newlines)) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(
+            |c| {
+                if is_unsafe_to_show(c, keep_newlines) {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            },
+        )
+        .collect()
+}
+
+/// Escapes every string in a command's answer before it is printed for a human: names,
+/// paths and messages can come from peers (T8 in RELIABILITY.md).
+fn defang(value: &mut serde_json::Value, keep_newlines: bool) {
+    match value {
+        serde_json::Value::String(s) => *s = defanged(s, keep_newlines),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| defang(v, keep_newlines)),
+        serde_json::Value::Object(map) => map.values_mut().for_each(|v| defang(v, keep_newlines)),
+        _ => {}
+    }
+}
+
 /// Prints a command's answer; the exit code says how it went.
 fn print_answer(result: anyhow::Result<Response>, output: Output) -> ExitCode {
-    let value = match result {
+    let mut value = match result {
         Ok(Ok(v)) => v,
         Ok(Err(msg)) => {
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", defanged(&msg, true));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -633,6 +669,11 @@ fn print_answer(result: anyhow::Result<Response>, output: Output) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match output {
+        Output::Json | Output::Raw => {}
+        Output::Plain => defang(&mut value, true),
+        _ => defang(&mut value, false),
+    }
     match output {
         Output::Json => println!("{value}"),
         Output::Plain => match value.as_str() {
@@ -1001,7 +1042,17 @@ fn unshare(home: Option<PathBuf>, dir: &Path) -> ExitCode {
 mod tests {
     use clap::CommandFactory;
 
-    use super::Cli;
+    use super::{Cli, defang, defanged};
+
+    /// Peer-chosen strings cannot drive the terminal or reorder text.
+    #[test]
+    fn peer_chosen_strings_are_shown_escaped() {
+        let mut v = serde_json::json!({"name": "evil\u{1b}[2J\u{202e}txt.exe", "list": ["a\nb"]});
+        defang(&mut v, false);
+        assert_eq!(v["name"], "evil\\u{1b}[2J\\u{202e}txt.exe");
+        assert_eq!(v["list"][0], "a\\u{a}b");
+        assert_eq!(defanged("two\nlines", true), "two\nlines");
+    }
 
     /// Every command and every argument explains itself in `--help`.
     #[test]
