@@ -41,6 +41,7 @@ mod binary;
 mod commands;
 mod history;
 mod locking;
+mod reach;
 mod roles;
 mod status;
 
@@ -545,11 +546,7 @@ impl Replica {
             }
             existing.conn.close(2u32.into(), b"replaced by a newer session");
         }
-        if let Err(e) =
-            self.store.save_peer(&peer.to_string(), &postcard::to_stdvec(&addr).unwrap_or_default())
-        {
-            warn!("could not remember peer address: {e:#}");
-        }
+        let addr = self.remember_session_addr(&addr, &conn);
         if self.folder.is_ready()
             && self.my_role().writes_tree()
             && !self.folder.members().contains_key(&peer.to_string())
@@ -579,7 +576,7 @@ impl Replica {
         let excludes = self.excludes_frame();
         self.send(peer, excludes);
         let summary = Frame::Summary { docs: self.summary() };
-        let peers = Frame::Peers { peers: self.peers.values().map(|l| l.addr.clone()).collect() };
+        let peers = self.peers_frame(peer);
         self.send(peer, summary);
         self.send(peer, peers);
         // Tell the others about the newcomer, so the folder becomes a mesh.
@@ -686,12 +683,7 @@ impl Replica {
             }
             Frame::Peers { peers } => {
                 for addr in peers {
-                    if addr.id != self.me && !self.peers.contains_key(&addr.id) {
-                        let _ = self
-                            .store
-                            .save_peer(&addr.id.to_string(), &postcard::to_stdvec(&addr).unwrap_or_default());
-                        let _ = self.dial.try_send(addr);
-                    }
+                    self.introduced(addr);
                 }
             }
             Frame::BlobGet { hash, from, count, meta } => self.serve_blob(peer, hash, from, count, meta),

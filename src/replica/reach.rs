@@ -1,0 +1,84 @@
+//! Where peers are: the addresses this replica remembers, learns and passes on.
+//!
+//! - A session's peer says where it is (the dialer's `Hello`), and the connection shows
+//!   the address its packets actually come from (behind a NAT, the mapping): together they
+//!   replace what was saved, since they come from the peer itself.
+//! - A `Peers` frame relays what another member saved, possibly stale: it is merged with
+//!   what we know ([`merge_addrs`]), never trusted over a live session.
+//! - Each update also goes to the dialer, so the next reconnection tries the newest
+//!   addresses, and a peer that only ever dialed us is redialed when it goes away.
+
+use iroh::endpoint::Connection;
+use iroh::{EndpointAddr, EndpointId, TransportAddr};
+use tracing::warn;
+
+use super::Replica;
+use crate::net::merge_addrs;
+use crate::net::wire::Frame;
+
+impl Replica {
+    /// The address saved for `peer`.
+    fn saved_addr(&self, peer: &EndpointId) -> Option<EndpointAddr> {
+        self.known_peer_addrs().into_iter().find(|(id, _)| id == peer).map(|(_, a)| a)
+    }
+
+    fn save_addr(&self, addr: &EndpointAddr) {
+        let bytes = postcard::to_stdvec(addr).unwrap_or_default();
+        if let Err(e) = self.store.save_peer(&addr.id.to_string(), &bytes) {
+            warn!("could not remember peer address: {e:#}");
+        }
+    }
+
+    /// A session with `addr.id` started: what it announced plus the address the
+    /// connection runs on becomes the saved address, and the dialer's.
+    pub(super) fn remember_session_addr(
+        &mut self,
+        announced: &EndpointAddr,
+        conn: &Connection,
+    ) -> EndpointAddr {
+        let mut addr = announced.clone();
+        let paths = conn.paths();
+        if let Some(TransportAddr::Ip(ip)) =
+            paths.iter().find(|p| p.is_selected()).map(|p| p.remote_addr().clone())
+        {
+            addr.addrs.insert(TransportAddr::Ip(ip));
+        }
+        // Bounded like any other (the announced list comes from the peer).
+        let addr = merge_addrs(&addr, &EndpointAddr::new(addr.id));
+        if self.saved_addr(&addr.id).as_ref() != Some(&addr) {
+            self.save_addr(&addr);
+        }
+        let _ = self.dial.try_send(addr.clone());
+        addr
+    }
+
+    /// A member told us where `addr.id` was last seen (an introduction): merged with what
+    /// we saved, then dialed unless a session is live.
+    pub(super) fn introduced(&mut self, addr: EndpointAddr) {
+        if addr.id == self.me || self.peers.contains_key(&addr.id) {
+            return;
+        }
+        let merged = match self.saved_addr(&addr.id) {
+            Some(saved) => merge_addrs(&addr, &saved),
+            None => merge_addrs(&addr, &EndpointAddr::new(addr.id)),
+        };
+        self.save_addr(&merged);
+        let _ = self.dial.try_send(merged);
+    }
+
+    /// Where every member we know is reachable, for `to`: live sessions' addresses, then
+    /// the saved addresses of members not connected now (so a newcomer also meets the
+    /// members that are offline at the moment).
+    pub(super) fn peers_frame(&self, to: EndpointId) -> Frame {
+        let mut peers: Vec<EndpointAddr> =
+            self.peers.iter().filter(|(id, _)| **id != to).map(|(_, l)| l.addr.clone()).collect();
+        let members = self.folder.is_ready().then(|| self.folder.members());
+        for (id, addr) in self.known_peer_addrs() {
+            let member = members.as_ref().is_none_or(|m| m.contains_key(&id.to_string()));
+            if id != to && member && !self.peers.contains_key(&id) {
+                peers.push(addr);
+            }
+        }
+        Frame::Peers { peers }
+    }
+}
