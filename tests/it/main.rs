@@ -16,6 +16,7 @@ mod ignore;
 mod locks;
 mod policy;
 mod races;
+mod reach;
 mod roles;
 mod scenarios;
 mod status;
