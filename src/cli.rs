@@ -812,8 +812,10 @@ fn folder_relative(dir: &Path, paths: &[String]) -> Result<Vec<String>, String> 
 fn init_logging(file: Option<&Path>) -> anyhow::Result<()> {
     use anyhow::Context;
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,iroh=error,teatime=info"));
+    // mDNS warns at every announcement it cannot send (every second on a machine with no
+    // network): a machine being offline is not news worth a line a second.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,iroh=error,swarm_discovery=error,teatime=info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match file {
         Some(path) => {
