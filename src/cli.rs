@@ -30,7 +30,8 @@ struct Cli {
     /// Where to look for peers [default: the config file's `network`, else internet].
     #[arg(long, env = "TEATIME_NETWORK", value_enum, global = true)]
     network: Option<NetworkMode>,
-    /// A self-hosted iroh relay to use instead of the public ones.
+    /// A self-hosted iroh relay: replaces the public ones in internet mode, the only relay
+    /// in lan and loopback modes [default: the config file's `relay`].
     #[arg(long, env = "TEATIME_RELAY", global = true)]
     relay: Option<RelayUrl>,
     /// This node's name as peers see it (default: the host name).
