@@ -66,11 +66,12 @@ pub async fn run_dialer(
                     _ = cancel.cancelled() => return,
                     r = hub.dial(addr, folder) => r,
                 };
-                if let Err(e) = result {
-                    debug!(peer = %peer.fmt_short(), "dial failed: {e:#}");
-                }
-                if started.elapsed() > HEALTHY_SESSION {
-                    backoff = MIN_BACKOFF;
+                match result {
+                    // Only a session that ran counts: a connect that took long to time out
+                    // is a failure like any other.
+                    Ok(()) if started.elapsed() > HEALTHY_SESSION => backoff = MIN_BACKOFF,
+                    Ok(()) => {}
+                    Err(e) => debug!(peer = %peer.fmt_short(), "dial failed: {e:#}"),
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
