@@ -324,6 +324,10 @@ pub struct Peer {
     stdout: Option<Receiver<String>>,
     ticket: Option<String>,
     runs: u32,
+    /// `--network` for every process (default `loopback`).
+    network: String,
+    /// A command every process runs behind, e.g. `nsenter -t PID -n --` (default none).
+    wrapper: Vec<String>,
 }
 
 impl Peer {
@@ -346,7 +350,17 @@ impl Peer {
             stdout: None,
             ticket: None,
             runs: 0,
+            network: "loopback".to_owned(),
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Runs this peer's processes with `--network MODE`, each behind `wrapper` (a command
+    /// that runs the rest of its arguments, e.g. in a network namespace). Only for a
+    /// network that cannot reach anything beyond this machine.
+    pub fn set_network(&mut self, mode: &str, wrapper: &[String]) {
+        self.network = mode.to_owned();
+        self.wrapper = wrapper.to_vec();
     }
 
     /// A peer sharing a new empty folder.
@@ -576,10 +590,18 @@ impl Peer {
     }
 
     fn command(&self, args: &[&OsStr]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_teatime"));
+        let bin = env!("CARGO_BIN_EXE_teatime");
+        let mut cmd = match self.wrapper.split_first() {
+            None => Command::new(bin),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin);
+                cmd
+            }
+        };
         cmd.arg("--home")
             .arg(&self.home)
-            .args(["--network", "loopback"])
+            .args(["--network", &self.network])
             // Peers see each other under their labels, e.g. in conflict copies' names.
             .arg("--name")
             .arg(&self.name)

@@ -14,6 +14,7 @@ mod harness;
 mod history;
 mod ignore;
 mod locks;
+mod netns;
 mod policy;
 mod races;
 mod reach;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::harness::*;
 
 /// The port `peer`'s node bound last (the node reuses it at the next start if it can).
-fn last_port(peer: &Peer) -> u16 {
+pub fn last_port(peer: &Peer) -> u16 {
     let text = std::fs::read_to_string(peer.home().join("port")).expect("the node saved its port");
     text.trim().parse().expect("a port number")
 }
@@ -21,10 +21,13 @@ fn occupy_last_port(peer: &Peer) -> (UdpSocket, u16) {
 }
 
 /// Waits until `peer` runs on a port other than `old`, and returns it.
-fn wait_new_port(peer: &Peer, old: u16) -> u16 {
-    wait_for(&format!("{} to bind a new port", peer.name), || match last_port(peer) {
-        p if p != old => Ok(p),
-        p => Err(format!("still {p}")),
+pub fn wait_new_port(peer: &Peer, old: u16) -> u16 {
+    let port_file = peer.home().join("port");
+    wait_for(&format!("{} to bind a new port", peer.name), || {
+        match std::fs::read_to_string(&port_file).ok().and_then(|t| t.trim().parse::<u16>().ok()) {
+            Some(p) if p != old => Ok(p),
+            other => Err(format!("port file: {other:?}")),
+        }
     })
 }
 
@@ -56,7 +59,7 @@ fn wait_connected_on_port(peer: &Peer, name: &str, port: u16) {
 }
 
 /// Waits until `peer` lists `name` as connected.
-fn wait_connected(peer: &Peer, name: &str) {
+pub fn wait_connected(peer: &Peer, name: &str) {
     wait_for(&format!("{} to be connected to {name}", peer.name), || {
         let m = member(peer, name)?;
         if m["connected"] == true { Ok(()) } else { Err(format!("{m}")) }
