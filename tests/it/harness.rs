@@ -609,6 +609,7 @@ impl Peer {
             // Flags are explicit; the developer's own settings must not leak in.
             .env_remove("TEATIME_HOME")
             .env_remove("TEATIME_NETWORK")
+            .env_remove("TEATIME_RELAY")
             .env_remove("TEATIME_NAME")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
