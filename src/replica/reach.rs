@@ -1,10 +1,11 @@
 //! Where peers are: the addresses this replica remembers, learns and passes on.
 //!
 //! - A session's peer says where it is (the dialer's `Hello`), and the connection shows
-//!   the address its packets actually come from (behind a NAT, the mapping): together they
-//!   replace what was saved, since they come from the peer itself.
-//! - A `Peers` frame relays what another member saved, possibly stale: it is merged with
-//!   what we know ([`merge_addrs`]), never trusted over a live session.
+//!   the address its packets actually come from (behind a NAT, the mapping): these come
+//!   first in what is saved, before what was saved already ([`merge_addrs`], bounded; an
+//!   announcement made before the node knew all its addresses loses nothing).
+//! - A `Peers` frame relays what another member saved, possibly stale: it is merged the
+//!   same way, and ignored for a peer we have a live session with.
 //! - Each update also goes to the dialer, so the next reconnection tries the newest
 //!   addresses, and a peer that only ever dialed us is redialed when it goes away.
 
@@ -29,8 +30,8 @@ impl Replica {
         }
     }
 
-    /// A session with `addr.id` started: what it announced plus the address the
-    /// connection runs on becomes the saved address, and the dialer's.
+    /// A session with `announced.id` started: what it announced and the address the
+    /// connection runs on go first in the saved address, and to the dialer.
     pub(super) fn remember_session_addr(
         &mut self,
         announced: &EndpointAddr,
@@ -43,9 +44,9 @@ impl Replica {
         {
             addr.addrs.insert(TransportAddr::Ip(ip));
         }
-        // Bounded like any other (the announced list comes from the peer).
-        let addr = merge_addrs(&addr, &EndpointAddr::new(addr.id));
-        if self.saved_addr(&addr.id).as_ref() != Some(&addr) {
+        let saved = self.saved_addr(&addr.id);
+        let addr = merge_addrs(&addr, saved.as_ref().unwrap_or(&EndpointAddr::new(addr.id)));
+        if saved.as_ref() != Some(&addr) {
             self.save_addr(&addr);
         }
         let _ = self.dial.try_send(addr.clone());
