@@ -439,6 +439,11 @@ pub fn main() -> ExitCode {
             }
         }
     }
+    if matches!(start, Some(Start::Share))
+        && let Some(code) = ticket_from_running(&dir)
+    {
+        return code;
+    }
     if let Err(e) = init_logging(log_file.as_deref()) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
@@ -864,6 +869,18 @@ fn hand_to_daemon(home: &Path, req: &DaemonRequest) -> anyhow::Result<Option<Exi
             ExitCode::from(2)
         }
     }))
+}
+
+/// `share` on a folder a foreground process already runs: that process's ticket (with its
+/// node's addresses), printed; the process keeps syncing. `None` when no process runs it.
+fn ticket_from_running(dir: &Path) -> Option<ExitCode> {
+    let root = dir.canonicalize().ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let answer = rt.block_on(control::call(&root, &Request::Ticket)).ok()??.ok()?;
+    let ticket = answer["ticket"].as_str()?;
+    println!("{ticket}");
+    eprintln!("{} is already being synced by a running teatime; that is its ticket", root.display());
+    Some(ExitCode::SUCCESS)
 }
 
 /// `teatime unshare`: through the daemon if one runs, else straight in the registry.

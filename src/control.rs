@@ -9,6 +9,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,9 @@ pub enum Request {
     Tracked,
     /// The members.
     Peers,
+    /// A ticket for the folder: answered by the process running it, which knows where its
+    /// node is reachable (`teatime share` on a running folder).
+    Ticket,
     /// Sets a member's tier; the member is an endpoint id, a unique prefix of one, or a name.
     SetTier {
         /// Who.
@@ -137,8 +141,16 @@ pub fn socket_path(root: &Path) -> PathBuf {
     root.join(teatime_crdt::path::STATE_DIR).join(SOCKET)
 }
 
+/// Makes a ticket for the folder with the node's current addresses.
+pub type TicketFn = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Serves the control socket of the folder at `root` until `cancel`.
-pub fn serve(root: &Path, inbox: mpsc::Sender<Event>, cancel: CancellationToken) -> Result<()> {
+pub fn serve(
+    root: &Path,
+    inbox: mpsc::Sender<Event>,
+    ticket: TicketFn,
+    cancel: CancellationToken,
+) -> Result<()> {
     let path = socket_path(root);
     // A socket left by a killed process: nobody listens on it any more (the store's lock
     // guarantees no other process runs this folder).
@@ -154,9 +166,9 @@ pub fn serve(root: &Path, inbox: mpsc::Sender<Event>, cancel: CancellationToken)
                     Err(e) => { warn!("control socket: {e}"); continue; }
                 },
             };
-            let inbox = inbox.clone();
+            let (inbox, ticket) = (inbox.clone(), ticket.clone());
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, inbox).await {
+                if let Err(e) = answer(stream, inbox, ticket).await {
                     warn!("control request failed: {e:#}");
                 }
             });
@@ -166,11 +178,12 @@ pub fn serve(root: &Path, inbox: mpsc::Sender<Event>, cancel: CancellationToken)
     Ok(())
 }
 
-async fn answer(stream: UnixStream, inbox: mpsc::Sender<Event>) -> Result<()> {
+async fn answer(stream: UnixStream, inbox: mpsc::Sender<Event>, ticket: TicketFn) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST_BYTES)).read_line(&mut line).await?;
     let response: Response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Ticket) => Ok(serde_json::json!({ "ticket": ticket() })),
         Ok(req) => {
             let (tx, rx) = oneshot::channel();
             inbox.send(Event::Control(req, tx)).await.context("folder is shutting down")?;

@@ -222,7 +222,7 @@ impl Node {
             None
         };
 
-        let folder_id = identity.folder;
+        let (folder_id, secret) = (identity.folder, identity.secret);
         let mut replica = Replica::open(
             root.clone(),
             store,
@@ -243,7 +243,14 @@ impl Node {
         if self.show_progress {
             crate::progress::draw(replica.progress(), cancel.clone());
         }
-        crate::control::serve(&root, inbox_tx, cancel.clone())?;
+        let make_ticket: crate::control::TicketFn = {
+            let endpoint = self.endpoint.clone();
+            let name = self.opts.name.clone();
+            Arc::new(move || {
+                Ticket { folder: folder_id, secret, name: name.clone(), addr: endpoint.addr() }.encode()
+            })
+        };
+        crate::control::serve(&root, inbox_tx, make_ticket, cancel.clone())?;
         info!(folder = %folder_id.short(), node = %self.me.fmt_short(), "syncing {}", root.display());
         let replica = {
             let cancel = cancel.clone();

@@ -97,6 +97,7 @@ impl Replica {
                 return Ok(json!("ok"));
             }
             Request::Status => return Ok(self.status()),
+            Request::Ticket => return Err("only a running folder makes tickets: `teatime share DIR`".into()),
             Request::Pause => {
                 self.set_paused(true)?;
                 return Ok(json!("paused"));

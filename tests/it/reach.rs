@@ -1,8 +1,10 @@
 //! Reaching peers again: restarts on new ports, and members introducing each other.
 
+use std::ffi::OsStr;
 use std::net::UdpSocket;
 
 use serde_json::Value;
+use teatime::ticket::Ticket;
 
 use crate::harness::*;
 
@@ -111,10 +113,22 @@ fn a_member_introduces_a_newcomer_to_the_whole_mesh() {
     let mut expected = one_file("from-a.md", "a\n");
     let (a, mut b) = connected_pair(&expected);
 
-    // Any member prints a ticket for the folder by sharing it again; C knows only B.
-    b.stop();
-    let b_ticket = b.start_share();
-    assert_ne!(b_ticket, a.ticket());
+    // Any member prints a ticket for the folder by sharing it again: a running one
+    // answers at once and keeps running. C knows only B.
+    let out = b.run_to_end(&[OsStr::new("share"), b.dir().as_os_str()]);
+    assert!(out.status.success(), "share on a running member: {out:?}");
+    assert!(b.is_running(), "b should keep running");
+    let b_ticket = out.stdout.trim().to_owned();
+    let (decoded, a_ticket) =
+        (Ticket::decode(&b_ticket).expect("b's ticket"), Ticket::decode(a.ticket()).expect("a's"));
+    assert_eq!(decoded.folder, a_ticket.folder);
+    assert_ne!(decoded.addr.id, a_ticket.addr.id, "b's ticket should name b");
+    let b_addr = std::net::SocketAddr::from(([127, 0, 0, 1], last_port(&b)));
+    assert!(
+        decoded.addr.ip_addrs().any(|a| *a == b_addr),
+        "b's ticket should hold {b_addr}: {:?}",
+        decoded.addr
+    );
     let c = Peer::join("c", &b_ticket);
     wait_converged_to(&[&a, &b, &c], &expected);
     // B told C about A (and A about C): they meet without B's help.
