@@ -46,7 +46,12 @@ pub async fn run_dialer(
             continue;
         }
         if let Some(tx) = loops.get(&addr.id) {
-            let _ = tx.send(addr);
+            // Waking the loop skips its backoff: only for an address it does not have.
+            tx.send_if_modified(|current| {
+                let changed = *current != addr;
+                *current = addr;
+                changed
+            });
             continue;
         }
         let (tx, mut rx) = watch::channel(addr.clone());

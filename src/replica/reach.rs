@@ -46,10 +46,12 @@ impl Replica {
         }
         let saved = self.saved_addr(&addr.id);
         let addr = merge_addrs(&addr, saved.as_ref().unwrap_or(&EndpointAddr::new(addr.id)));
+        // Only news goes to the dialer: a new address makes a waiting dial loop retry at
+        // once, so repeating the same one after every session would defeat its backoff.
         if saved.as_ref() != Some(&addr) {
             self.save_addr(&addr);
+            let _ = self.dial.try_send(addr.clone());
         }
-        let _ = self.dial.try_send(addr.clone());
         addr
     }
 
@@ -59,11 +61,13 @@ impl Replica {
         if addr.id == self.me || self.peers.contains_key(&addr.id) {
             return;
         }
-        let merged = match self.saved_addr(&addr.id) {
-            Some(saved) => merge_addrs(&addr, &saved),
-            None => merge_addrs(&addr, &EndpointAddr::new(addr.id)),
-        };
-        self.save_addr(&merged);
+        let saved = self.saved_addr(&addr.id);
+        let merged = merge_addrs(&addr, saved.as_ref().unwrap_or(&EndpointAddr::new(addr.id)));
+        if saved.as_ref() != Some(&merged) {
+            self.save_addr(&merged);
+        }
+        // Always: the dialer starts a loop for a peer it does not know yet, and ignores an
+        // address it already has.
         let _ = self.dial.try_send(merged);
     }
 
