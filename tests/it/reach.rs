@@ -192,3 +192,24 @@ fn a_relay_that_does_not_answer_leaves_direct_sync_alone() {
     wait_converged_to(&[&a, &b], &expected);
     wait_connected(&a, "b");
 }
+
+#[test]
+fn a_killed_peer_comes_back_without_a_reconnection_storm() {
+    let mut expected = one_file("log.md", "0\n");
+    let (mut a, b) = connected_pair(&expected);
+    for round in 1..=3 {
+        // B keeps the dead session until QUIC notices, while A redials at startup: the
+        // two must settle on one session, not close each other's in a loop.
+        a.kill();
+        let text = (0..=round).map(|i| format!("{i}\n")).collect::<String>();
+        a.write("log.md", &text);
+        a.sync();
+        put_file(&mut expected, "log.md", &text);
+        wait_converged_to(&[&a, &b], &expected);
+    }
+    settle(&[&a, &b], &mut expected);
+    let sessions = a.log_text().matches("session: connected peer=").count();
+    eprintln!("{sessions} sessions for 4 starts");
+    // One per start, plus a few for a simultaneous dial now and then.
+    assert!(sessions <= 4 * 3, "{sessions} sessions for 4 starts: a reconnection storm");
+}
