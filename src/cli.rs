@@ -30,7 +30,8 @@ struct Cli {
     /// Where to look for peers [default: the config file's `network`, else internet].
     #[arg(long, env = "TEATIME_NETWORK", value_enum, global = true)]
     network: Option<NetworkMode>,
-    /// A self-hosted iroh relay to use instead of the public ones.
+    /// A self-hosted iroh relay: replaces the public ones in internet mode, the only relay
+    /// in lan and loopback modes [default: the config file's `relay`].
     #[arg(long, env = "TEATIME_RELAY", global = true)]
     relay: Option<RelayUrl>,
     /// This node's name as peers see it (default: the host name).
@@ -508,6 +509,11 @@ pub fn main() -> ExitCode {
             }
         }
     }
+    if let Some(Start::Share(grant)) = start
+        && let Some(code) = ticket_from_running(&dir, grant)
+    {
+        return code;
+    }
     if let Err(e) = init_logging(log_file.as_deref()) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
@@ -962,8 +968,10 @@ fn folder_relative(dir: &Path, paths: &[String]) -> Result<Vec<String>, String> 
 fn init_logging(file: Option<&Path>) -> anyhow::Result<()> {
     use anyhow::Context;
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,iroh=error,teatime=info"));
+    // mDNS warns at every announcement it cannot send (every second on a machine with no
+    // network): a machine being offline is not news worth a line a second.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,iroh=error,swarm_discovery=error,teatime=info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match file {
         Some(path) => {
@@ -1011,6 +1019,20 @@ fn hand_to_daemon(home: &Path, req: &DaemonRequest) -> anyhow::Result<Option<Exi
             ExitCode::from(2)
         }
     }))
+}
+
+/// `share` on a folder a foreground process already runs: that process's ticket (with its
+/// node's addresses), printed; the process keeps syncing. `None` when no process runs it.
+fn ticket_from_running(dir: &Path, grant: Grant) -> Option<ExitCode> {
+    let root = dir.canonicalize().ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let req =
+        Request::Ticket { read_only: grant == Grant::Read, expires_secs: None, uses: None, standing: true };
+    let answer = rt.block_on(control::call(&root, &req)).ok()??.ok()?;
+    let ticket = answer["ticket"].as_str()?;
+    println!("{ticket}");
+    eprintln!("{} is already being synced by a running teatime; that is its ticket", root.display());
+    Some(ExitCode::SUCCESS)
 }
 
 /// `teatime unshare`: through the daemon if one runs, else straight in the registry.

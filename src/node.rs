@@ -62,8 +62,8 @@ pub struct NodeOptions {
 /// How long starting waits for a command that has the folder's store open to finish.
 const STORE_WAIT: Duration = Duration::from_secs(5);
 
-/// Bound on waiting for the endpoint to be reachable before printing a ticket (internet
-/// mode; iroh's `online()` waits forever when offline).
+/// Bound on waiting for a relay before printing a ticket (when the node uses one: the
+/// ticket then names it; iroh's `online()` waits forever when offline).
 const ONLINE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on closing connections at shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -236,7 +236,7 @@ impl Node {
         }
         replica.attach(self.endpoint.clone(), membership);
         let ticket = if let Start::Share(grant) = start {
-            if self.opts.network == NetworkMode::Internet
+            if endpoint::uses_relay(self.opts.network, self.opts.relay.as_ref())
                 && tokio::time::timeout(ONLINE_TIMEOUT, self.endpoint.online()).await.is_err()
             {
                 warn!("no relay reachable yet; the ticket holds direct addresses only");

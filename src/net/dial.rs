@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::session::{AWAITING_APPROVAL, DialError, Hub};
+use super::session::{AWAITING_APPROVAL, DialError, Hub, NOT_A_MEMBER};
 
 /// First retry delay.
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -48,7 +48,12 @@ pub async fn run_dialer(
             continue;
         }
         if let Some(tx) = loops.get(&addr.id) {
-            let _ = tx.send(addr);
+            // Waking the loop skips its backoff: only for an address it does not have.
+            tx.send_if_modified(|current| {
+                let changed = *current != addr;
+                *current = addr;
+                changed
+            });
             continue;
         }
         let (tx, mut rx) = watch::channel(addr.clone());
@@ -67,10 +72,19 @@ pub async fn run_dialer(
                 let started = Instant::now();
                 let result = tokio::select! {
                     _ = cancel.cancelled() => return,
-                    r = hub.dial(addr, folder) => r,
+                    // Refused as a stranger: the peer has not heard of our admission (it was
+                    // away); our folder document shows it.
+                    r = hub.dial(addr, folder, last_refusal == NOT_A_MEMBER) => r,
                 };
                 let mut delay = backoff;
                 match result {
+                    // Only a session that ran counts: a connect that took long to time out
+                    // is a failure like any other.
+                    Ok(()) if started.elapsed() > HEALTHY_SESSION => {
+                        last_refusal.clear();
+                        backoff = MIN_BACKOFF;
+                        delay = backoff;
+                    }
                     Ok(()) => last_refusal.clear(),
                     Err(DialError::Refused(reason)) => {
                         // Said once per reason: the user needs to know (an expired ticket,
@@ -84,10 +98,6 @@ pub async fn run_dialer(
                         }
                     }
                     Err(e) => debug!(peer = %peer.fmt_short(), "dial failed: {e:#}"),
-                }
-                if started.elapsed() > HEALTHY_SESSION {
-                    backoff = MIN_BACKOFF;
-                    delay = backoff;
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,

@@ -15,7 +15,7 @@ pub mod wire;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use iroh::EndpointId;
+use iroh::{EndpointAddr, EndpointId};
 use tokio::sync::Notify;
 
 /// How many live sessions each peer has, so the dialer only dials peers it is not
@@ -60,5 +60,48 @@ impl Links {
             }
             notified.await;
         }
+    }
+}
+
+/// At most this many addresses are remembered per peer: enough for a few interfaces, a
+/// relay and the addresses it had before a restart or a move, and bounded whatever peers
+/// tell us.
+pub const MAX_PEER_ADDRS: usize = 12;
+
+/// Everything `fresh` says about a peer, then what `known` adds, up to [`MAX_PEER_ADDRS`].
+/// iroh sends its first packets to every address it has, so a stale one costs a few
+/// datagrams, while dropping a good one could leave the peer unreachable.
+pub fn merge_addrs(fresh: &EndpointAddr, known: &EndpointAddr) -> EndpointAddr {
+    let mut merged = EndpointAddr::new(fresh.id);
+    for a in fresh.addrs.iter().chain(known.addrs.iter().filter(|_| known.id == fresh.id)) {
+        if merged.addrs.len() >= MAX_PEER_ADDRS {
+            break;
+        }
+        merged.addrs.insert(a.clone());
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(id: EndpointId, ports: impl IntoIterator<Item = u16>) -> EndpointAddr {
+        EndpointAddr::new(id)
+            .with_addrs(ports.into_iter().map(|p| iroh::TransportAddr::Ip(([127, 0, 0, 1], p).into())))
+    }
+
+    #[test]
+    fn merged_addresses_keep_the_fresh_ones_first_and_stay_bounded() {
+        let id = iroh::SecretKey::from_bytes(&[1; 32]).public();
+        let other = iroh::SecretKey::from_bytes(&[2; 32]).public();
+        let m = merge_addrs(&addr(id, [2000]), &addr(id, [1000]));
+        assert_eq!(m, addr(id, [1000, 2000]));
+        // Another peer's addresses never leak in.
+        assert_eq!(merge_addrs(&addr(id, [2000]), &addr(other, [1000])), addr(id, [2000]));
+        // A flood of stale addresses cannot push the fresh ones out.
+        let m = merge_addrs(&addr(id, [60000, 60001]), &addr(id, 1000..1100));
+        assert_eq!(m.addrs.len(), MAX_PEER_ADDRS);
+        assert!(addr(id, [60000, 60001]).addrs.is_subset(&m.addrs));
     }
 }

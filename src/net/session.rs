@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use super::Links;
 use super::auth;
-use super::wire::{ALPN, Frame, read_frame, write_frame};
+use super::wire::{ALPN, Credentials, Frame, read_frame, write_frame};
 use crate::replica::{Admission, Event, Session};
 use crate::ticket::Ticket;
 
@@ -41,6 +41,9 @@ pub const OUTBOX_CAPACITY: usize = 4096;
 
 /// Refusal reason for a join held until an owner approves it (the dialer retries often).
 pub const AWAITING_APPROVAL: &str = "awaiting approval";
+/// Refusal reason for a dialer that is not a member (as far as the acceptor knows: a
+/// member admitted while it was away retries with its credentials).
+pub const NOT_A_MEMBER: &str = "not a member of this folder";
 
 /// Who may hold a session for a folder, as its replica last computed it from the folder
 /// document.
@@ -107,7 +110,14 @@ impl Hub {
 
     /// Dials `addr` for `folder` (a member, or the issuer of the ticket this node joins
     /// with), proves the ticket if asked, and runs the session until it ends.
-    pub async fn dial(&self, addr: EndpointAddr, folder: DocId) -> Result<(), DialError> {
+    /// With `prove_membership`, the Hello carries this node's folder document, for a peer
+    /// that refused us as a stranger because it has not heard of our admission yet.
+    pub async fn dial(
+        &self,
+        addr: EndpointAddr,
+        folder: DocId,
+        prove_membership: bool,
+    ) -> Result<(), DialError> {
         let access = self.folder(&folder).ok_or_else(|| DialError::Failed(anyhow!("folder not served")))?;
         let ticket = {
             let m = access.membership.read().expect("membership lock");
@@ -116,7 +126,14 @@ impl Hub {
             }
             m.joining.clone().filter(|t| t.addr.id == addr.id)
         };
-        let (conn, send, recv, name) = self.handshake(&addr, folder, ticket.as_ref()).await?;
+        let credentials = if prove_membership && ticket.is_none() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = access.inbox.send(Event::Admission(Admission::Credentials { reply: tx })).await;
+            rx.await.ok().flatten()
+        } else {
+            None
+        };
+        let (conn, send, recv, name) = self.handshake(&addr, folder, ticket.as_ref(), credentials).await?;
         run(conn, send, recv, access, name, addr, true).await;
         Ok(())
     }
@@ -128,12 +145,13 @@ impl Hub {
         addr: &EndpointAddr,
         folder: DocId,
         ticket: Option<&Ticket>,
+        credentials: Option<Credentials>,
     ) -> Result<(Connection, iroh::endpoint::SendStream, iroh::endpoint::RecvStream, String), DialError> {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(addr.clone(), ALPN))
             .await
             .map_err(|_| anyhow!("connecting timed out"))?
             .map_err(anyhow::Error::from)?;
-        match self.handshake_on(&conn, folder, ticket).await {
+        match self.handshake_on(&conn, folder, ticket, credentials).await {
             Err(DialError::Failed(e)) => match conn.close_reason() {
                 Some(iroh::endpoint::ConnectionError::ApplicationClosed(close)) => {
                     Err(DialError::Refused(String::from_utf8_lossy(&close.reason).into_owned()))
@@ -150,6 +168,7 @@ impl Hub {
         conn: &Connection,
         folder: DocId,
         ticket: Option<&Ticket>,
+        credentials: Option<Credentials>,
     ) -> Result<(iroh::endpoint::SendStream, iroh::endpoint::RecvStream, String), DialError> {
         let refused = |reason: String| DialError::Refused(reason);
         let (mut send, mut recv) = conn.open_bi().await.map_err(anyhow::Error::from)?;
@@ -158,6 +177,7 @@ impl Hub {
             name: self.name.clone(),
             addr: self.endpoint.addr(),
             ticket: ticket.map(|t| t.id),
+            credentials,
         };
         write_frame(&mut send, &hello).await?;
         let name = match step(read_frame(&mut recv)).await? {
@@ -184,8 +204,10 @@ impl Hub {
     async fn accept_inner(&self, conn: Connection) -> Result<()> {
         let peer = conn.remote_id();
         let (mut send, mut recv) = step_io(conn.accept_bi()).await?;
-        let (folder, name, mut addr, ticket) = match step(read_frame(&mut recv)).await? {
-            Frame::Hello { folder, name, addr, ticket } => (folder, name, addr, ticket),
+        let (folder, name, mut addr, ticket, credentials) = match step(read_frame(&mut recv)).await? {
+            Frame::Hello { folder, name, addr, ticket, credentials } => {
+                (folder, name, addr, ticket, credentials)
+            }
             other => bail!("expected Hello, got {other:?}"),
         };
         let Some(access) = self.folder(&folder) else {
@@ -200,9 +222,21 @@ impl Hub {
             refuse(&conn, &mut send, "revoked").await;
             bail!("{} is revoked", peer.fmt_short());
         }
-        if !member {
+        if !member && ticket.is_none() && credentials.is_some() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let check = Admission::Check {
+                peer,
+                credentials: credentials.unwrap_or_else(|| unreachable!()),
+                reply: tx,
+            };
+            let _ = access.inbox.send(Event::Admission(check)).await;
+            if rx.await != Ok(true) {
+                refuse(&conn, &mut send, NOT_A_MEMBER).await;
+                bail!("{}'s credentials do not make it a member", peer.fmt_short());
+            }
+        } else if !member {
             let Some(ticket) = ticket else {
-                refuse(&conn, &mut send, "not a member of this folder").await;
+                refuse(&conn, &mut send, NOT_A_MEMBER).await;
                 bail!("{} is not a member and named no ticket", peer.fmt_short());
             };
             let (tx, rx) = tokio::sync::oneshot::channel();

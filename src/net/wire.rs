@@ -44,6 +44,16 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 /// Automerge change hash bytes.
 pub type Heads = Vec<[u8; 32]>;
 
+/// A member's folder document, as it proves its membership to a member that has not
+/// heard of its admission: checked like any changes (signatures, authors' roles).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The folder document's `save()`.
+    pub data: Vec<u8>,
+    /// Its changes' signatures.
+    pub signatures: Vec<crate::replica::Signed>,
+}
+
 /// One protocol message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
@@ -57,6 +67,10 @@ pub enum Frame {
         addr: EndpointAddr,
         /// A ticket the acceptor issued, for a dialer that is not a member yet.
         ticket: Option<crate::ticket::TicketId>,
+        /// For a member the acceptor does not know as one yet (admitted by another member
+        /// while the acceptor was away): the dialer's folder document, whose signed
+        /// changes record its admission.
+        credentials: Option<Credentials>,
     },
     /// The acceptor's challenge: prove the join secret against this nonce.
     Challenge {

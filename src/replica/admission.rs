@@ -46,6 +46,22 @@ pub enum Admission {
         /// The secret, or why not.
         reply: oneshot::Sender<Result<[u8; 32], String>>,
     },
+    /// This node's folder document and signatures, to prove its membership to a member
+    /// that has not heard of its admission.
+    Credentials {
+        /// Them, if the folder is here.
+        reply: oneshot::Sender<Option<crate::net::wire::Credentials>>,
+    },
+    /// A dialer we do not know as a member showed its folder document: take in what it
+    /// adds (checked like any changes), then say whether that makes it a member.
+    Check {
+        /// Who.
+        peer: EndpointId,
+        /// Its folder document.
+        credentials: crate::net::wire::Credentials,
+        /// Whether it is a member now.
+        reply: oneshot::Sender<bool>,
+    },
     /// `peer` proved `ticket`: admit it (or hold it for approval).
     Join {
         /// Who.
@@ -67,6 +83,28 @@ impl Replica {
             }
             Admission::Join { peer, name, ticket, reply } => {
                 let _ = reply.send(self.join(peer, name, ticket));
+            }
+            Admission::Credentials { reply } => {
+                let folder = self.id.folder;
+                let credentials = if self.folder.is_ready() {
+                    self.outgoing(folder, &[])
+                        .map(|(data, signatures)| crate::net::wire::Credentials { data, signatures })
+                } else {
+                    None
+                };
+                let _ = reply.send(credentials);
+            }
+            Admission::Check { peer, credentials, reply } => {
+                if self.folder.is_ready() {
+                    let folder = self.id.folder;
+                    // The same checks as changes from a session: forged ones are dropped.
+                    self.receive_changes(peer, folder, credentials.data, Vec::new(), credentials.signatures);
+                }
+                let member = self.membership.read().expect("membership lock").admits(&peer);
+                if member {
+                    info!(peer = %peer.fmt_short(), "a member admitted elsewhere showed its admission");
+                }
+                let _ = reply.send(member);
             }
         }
     }
@@ -302,7 +340,7 @@ impl Replica {
         self.dial_introduced();
     }
 
-    /// Remembers and dials the introduced peers that are members now.
+    /// Takes up the introductions of peers that are members now.
     pub(super) fn dial_introduced(&mut self) {
         let members = {
             let m = self.membership.read().expect("membership lock");
@@ -312,15 +350,11 @@ impl Replica {
             m.members.clone()
         };
         let ready: Vec<EndpointId> =
-            self.introduced.keys().filter(|id| members.contains(*id)).copied().collect();
+            self.introductions.keys().filter(|id| members.contains(*id)).copied().collect();
         for id in ready {
-            let Some(addr) = self.introduced.remove(&id) else { continue };
-            if let Err(e) =
-                self.store.save_peer(&id.to_string(), &postcard::to_stdvec(&addr).unwrap_or_default())
-            {
-                warn!("could not remember a peer's address: {e:#}");
+            if let Some(addr) = self.introductions.remove(&id) {
+                self.introduced(addr);
             }
-            let _ = self.dial.try_send(addr);
         }
     }
 }

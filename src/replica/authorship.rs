@@ -273,8 +273,8 @@ impl Replica {
 
     /// Folder-document changes are tried on a copy: the owner's are taken as they are,
     /// then the rest must pass [`policy::check_folder_change`] for the least privileged
-    /// of their authors (as recorded once they apply: a new member's first changes may
-    /// come with its admission).
+    /// of their authors (as our folder records them; a new member's first changes may come
+    /// with the admission another member recorded).
     fn check_folder_authors(
         &mut self,
         authors: &BTreeMap<String, i64>,
@@ -289,32 +289,45 @@ impl Replica {
                 after
             }
         });
-        let members = after.members();
-        let owners: BTreeSet<String> = self
-            .folder
-            .members()
-            .into_iter()
-            .filter(|(_, m)| m.role == Role::Owner.as_str())
-            .map(|(id, _)| id)
-            .collect();
-        let owner = |id: &str| owners.contains(id);
+        // Roles come from the folder as it was: nobody vouches for itself. An author not
+        // recorded there may have been admitted in this very batch, by a member we know:
+        // it is looked up in our folder plus the changes of the authors we know.
+        let known = self.folder.members();
+        let new_changes = after.doc_mut().get_changes(&before_heads);
+        let vouched = if authors.keys().all(|a| known.contains_key(a)) {
+            known.clone()
+        } else {
+            let mut vouched = self.folder.doc_mut().fork();
+            let by_known: Vec<automerge::Change> = new_changes
+                .iter()
+                .filter(|c| {
+                    teatime_crdt::ids::member_of_actor(c.actor_id()).is_some_and(|m| known.contains_key(&m))
+                })
+                .cloned()
+                .collect();
+            vouched.apply_changes(by_known).map_err(|e| Refusal::Forged(e.to_string()))?;
+            FolderDoc::from_doc(vouched).members()
+        };
+        let owner = |id: &str| known.get(id).is_some_and(|m| m.role == Role::Owner.as_str());
         let mut least = Role::Owner;
         for (author, at) in authors {
             if owner(author) {
                 continue;
             }
-            if !members.contains_key(author) {
+            let role = if known.contains_key(author) {
+                Role::at(&known, author, *at)
+            } else if vouched.contains_key(author) {
+                Role::at(&vouched, author, *at)
+            } else {
                 return Err(Refusal::UnknownAuthor);
-            }
-            least = least.min(Role::at(&members, author, *at));
+            };
+            least = least.min(role);
         }
         if least == Role::Owner {
             return Ok(());
         }
         let mut base = self.folder.doc_mut().fork();
-        let by_owner: Vec<automerge::Change> = after
-            .doc_mut()
-            .get_changes(&before_heads)
+        let by_owner: Vec<automerge::Change> = new_changes
             .into_iter()
             .filter(|c| teatime_crdt::ids::member_of_actor(c.actor_id()).is_some_and(|m| owner(&m)))
             .collect();

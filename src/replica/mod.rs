@@ -43,6 +43,7 @@ mod binary;
 mod commands;
 mod history;
 mod locking;
+mod reach;
 mod roles;
 mod status;
 
@@ -239,7 +240,7 @@ pub struct Replica {
     /// Peers other members told us about, not dialed yet: only members are remembered
     /// and dialed (a peer cannot point us at a stranger, who would learn the folder's id
     /// from our Hello), and a newcomer's admission may arrive after its introduction.
-    introduced: HashMap<EndpointId, EndpointAddr>,
+    introductions: HashMap<EndpointId, EndpointAddr>,
     /// Changes frames whose authors are not known members yet, with their sender.
     parked: Vec<(EndpointId, Frame)>,
     /// Who sessions admit, shared with them (see [`admission`]).
@@ -399,7 +400,7 @@ impl Replica {
             key,
             unsaved_signatures: HashMap::new(),
             parked: Vec::new(),
-            introduced: HashMap::new(),
+            introductions: HashMap::new(),
             membership: Default::default(),
             join_requests: HashMap::new(),
             endpoint: None,
@@ -607,11 +608,7 @@ impl Replica {
             }
             existing.conn.close(2u32.into(), b"replaced by a newer session");
         }
-        if let Err(e) =
-            self.store.save_peer(&peer.to_string(), &postcard::to_stdvec(&addr).unwrap_or_default())
-        {
-            warn!("could not remember peer address: {e:#}");
-        }
+        let addr = self.remember_session_addr(&addr, &conn);
         let link = Link {
             since: Instant::now(),
             since_wall: std::time::SystemTime::now(),
@@ -631,7 +628,7 @@ impl Replica {
         let excludes = self.excludes_frame();
         self.send(peer, excludes);
         let summary = Frame::Summary { docs: self.summary() };
-        let peers = Frame::Peers { peers: self.peers.values().map(|l| l.addr.clone()).collect() };
+        let peers = self.peers_frame(peer);
         self.send(peer, summary);
         self.send(peer, peers);
         // Tell the others about the newcomer, so the folder becomes a mesh.
@@ -708,14 +705,8 @@ impl Replica {
             }
             Frame::Peers { peers } => {
                 for addr in peers {
-                    if addr.id != self.me
-                        && !self.peers.contains_key(&addr.id)
-                        && (self.introduced.len() < MAX_INTRODUCED || self.introduced.contains_key(&addr.id))
-                    {
-                        self.introduced.insert(addr.id, addr);
-                    }
+                    self.introduced(addr);
                 }
-                self.dial_introduced();
             }
             Frame::BlobGet { hash, from, count, meta } => self.serve_blob(peer, hash, from, count, meta),
             Frame::BlobMeta { hash, size, cvs } => {

@@ -372,3 +372,43 @@ fn with_no_live_ticket_a_stranger_is_closed_on_before_any_stream() {
     wait_until("the late joiner to be refused", || late.log_text().contains("refused: not a member"));
     assert!(late.tree().keys().all(|p| p.starts_with(".teatime")), "{:?}", late.tree().keys());
 }
+
+#[test]
+fn a_stranger_cannot_vouch_for_itself() {
+    let expected = secret_tree();
+    let mut sharer = Peer::share_tree("sharer", &expected);
+    let ticket = loopback_ticket(&sharer);
+
+    let rt = runtime();
+    let received = rt.block_on(async {
+        let key = SecretKey::generate();
+        let mut client = Client::connect_as(&ticket, key.clone()).await;
+        // A folder document that names the stranger a member, signed by the stranger.
+        let actor = teatime_crdt::ids::actor_for_member(key.public().as_bytes(), rand::random());
+        let mut fake = FolderDoc::create(actor, &key.public().to_string(), "mallory").expect("a folder doc");
+        let data = fake.doc_mut().save();
+        let signatures = fake
+            .doc_mut()
+            .get_changes(&[])
+            .iter()
+            .map(|c| (c.hash().0, sign_change(&key, ticket.folder, &c.hash())))
+            .collect();
+        let hello = Frame::Hello {
+            folder: ticket.folder,
+            name: "mallory".into(),
+            addr: client.endpoint.addr(),
+            ticket: None,
+            credentials: Some(teatime::net::wire::Credentials { data, signatures }),
+        };
+        client.send(&hello).await;
+        client.send_eagerly(&Frame::Summary { docs: Vec::new() }).await;
+        client.expect_refused_then_nothing("credentials a stranger signed itself").await;
+        let out = client.received().to_vec();
+        client.close().await;
+        out
+    });
+    assert_nothing_leaked(&received, "self-vouching stranger");
+    let members = sharer.cli_json(&["peers", sharer.dir_arg(), "--json"]);
+    assert_eq!(members.as_array().map(|m| m.len()), Some(1), "the stranger became a member: {members}");
+    assert_sharer_unharmed(&mut sharer, &expected);
+}

@@ -328,6 +328,10 @@ pub struct Peer {
     stdout: Option<Receiver<String>>,
     ticket: Option<String>,
     runs: u32,
+    /// `--network` for every process (default `loopback`).
+    network: String,
+    /// A command every process runs behind, e.g. `nsenter -t PID -n --` (default none).
+    wrapper: Vec<String>,
 }
 
 impl Peer {
@@ -350,6 +354,8 @@ impl Peer {
             stdout: None,
             ticket: None,
             runs: 0,
+            network: "loopback".to_owned(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -364,6 +370,14 @@ impl Peer {
     /// The peer's own temp dir: its home, log and folder are inside.
     pub fn temp_root(&self) -> &Path {
         self.root_path()
+    }
+
+    /// Runs this peer's processes with `--network MODE`, each behind `wrapper` (a command
+    /// that runs the rest of its arguments, e.g. in a network namespace). Only for a
+    /// network that cannot reach anything beyond this machine.
+    pub fn set_network(&mut self, mode: &str, wrapper: &[String]) {
+        self.network = mode.to_owned();
+        self.wrapper = wrapper.to_vec();
     }
 
     /// A peer sharing a new empty folder.
@@ -597,10 +611,18 @@ impl Peer {
     }
 
     fn command(&self, args: &[&OsStr]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_teatime"));
+        let bin = env!("CARGO_BIN_EXE_teatime");
+        let mut cmd = match self.wrapper.split_first() {
+            None => Command::new(bin),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin);
+                cmd
+            }
+        };
         cmd.arg("--home")
             .arg(&self.home)
-            .args(["--network", "loopback"])
+            .args(["--network", &self.network])
             // Peers see each other under their labels, e.g. in conflict copies' names.
             .arg("--name")
             .arg(&self.name)
@@ -608,6 +630,7 @@ impl Peer {
             // Flags are explicit; the developer's own settings must not leak in.
             .env_remove("TEATIME_HOME")
             .env_remove("TEATIME_NETWORK")
+            .env_remove("TEATIME_RELAY")
             .env_remove("TEATIME_NAME")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());

@@ -125,6 +125,7 @@ impl Client {
             name: "mallory".into(),
             addr: self.endpoint.addr(),
             ticket: ticket.map(|t| t.id),
+            credentials: None,
         };
         self.send(&hello).await;
     }
