@@ -21,7 +21,9 @@ use tracing::{debug, info, warn};
 
 use super::Links;
 use super::auth;
-use super::wire::{ALPN, Frame, read_frame, write_frame};
+use super::wire::{
+    ALPN, Frame, FrameError, MAX_HANDSHAKE_FRAME_BYTES, read_frame, read_frame_limited, write_frame,
+};
 use crate::replica::{Event, Session};
 
 /// How long each handshake step may take before the connection is dropped.
@@ -78,14 +80,14 @@ impl Hub {
         let (mut send, mut recv) = conn.open_bi().await?;
         let hello = Frame::Hello { folder, name: self.name.clone(), addr: self.endpoint.addr() };
         write_frame(&mut send, &hello).await?;
-        let nonce = match step(read_frame(&mut recv)).await? {
+        let nonce = match step(read_frame_limited(&mut recv, MAX_HANDSHAKE_FRAME_BYTES)).await? {
             Frame::Challenge { nonce } => nonce,
             Frame::Refused { reason } => bail!("refused by {}: {reason}", addr.id.fmt_short()),
             other => bail!("unexpected frame {other:?} in handshake"),
         };
         let mac = auth::proof(&access.secret, folder, &self.endpoint.id(), &conn.remote_id(), &nonce);
         write_frame(&mut send, &Frame::Proof { mac }).await?;
-        let name = match step(read_frame(&mut recv)).await? {
+        let name = match step(read_frame_limited(&mut recv, MAX_HANDSHAKE_FRAME_BYTES)).await? {
             Frame::Welcome { name } => name,
             Frame::Refused { reason } => bail!("refused by {}: {reason}", addr.id.fmt_short()),
             other => bail!("unexpected frame {other:?} in handshake"),
@@ -97,17 +99,18 @@ impl Hub {
     async fn accept_inner(&self, conn: Connection) -> Result<()> {
         let peer = conn.remote_id();
         let (mut send, mut recv) = step_io(conn.accept_bi()).await?;
-        let (folder, name, mut addr) = match step(read_frame(&mut recv)).await? {
-            Frame::Hello { folder, name, addr } => (folder, name, addr),
-            other => bail!("expected Hello, got {other:?}"),
-        };
+        let (folder, name, mut addr) =
+            match step(read_frame_limited(&mut recv, MAX_HANDSHAKE_FRAME_BYTES)).await? {
+                Frame::Hello { folder, name, addr } => (folder, name, addr),
+                other => bail!("expected Hello, got {other:?}"),
+            };
         let Some(access) = self.folder(&folder) else {
             refuse(&conn, &mut send, "unknown folder").await;
             bail!("{} asked for a folder this node does not serve", peer.fmt_short());
         };
         let nonce: [u8; 32] = rand::random();
         write_frame(&mut send, &Frame::Challenge { nonce }).await?;
-        let mac = match step(read_frame(&mut recv)).await? {
+        let mac = match step(read_frame_limited(&mut recv, MAX_HANDSHAKE_FRAME_BYTES)).await? {
             Frame::Proof { mac } => mac,
             other => bail!("expected Proof, got {other:?}"),
         };
@@ -141,7 +144,7 @@ async fn refuse(conn: &Connection, send: &mut iroh::endpoint::SendStream, reason
     conn.close(1u32.into(), reason.as_bytes());
 }
 
-async fn step<T>(fut: impl Future<Output = Result<Option<T>>>) -> Result<T> {
+async fn step<T>(fut: impl Future<Output = Result<Option<T>, FrameError>>) -> Result<T> {
     tokio::time::timeout(HANDSHAKE_STEP_TIMEOUT, fut)
         .await
         .map_err(|_| anyhow!("handshake timed out"))??
