@@ -14,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod filter;
 pub mod home;
+pub mod intake;
 pub mod local;
 pub mod locks;
 pub mod net;

@@ -197,6 +197,13 @@ async fn run(
                     }
                 }
                 Ok(None) => break,
+                Err(e) if e.is_peer_fault() => {
+                    // Bytes no honest peer sends: the replica quarantines the peer.
+                    warn!(peer = %peer.fmt_short(), "dropping connection: {e:#}");
+                    let _ =
+                        access.inbox.send(Event::Misbehaved { peer, conn_id, reason: e.to_string() }).await;
+                    break;
+                }
                 Err(e) => {
                     warn!(peer = %peer.fmt_short(), "dropping connection: {e:#}");
                     break;

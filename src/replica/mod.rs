@@ -49,6 +49,7 @@ use crate::blob::{self, Fetches, Hash, Hashed, Next};
 use crate::config::Tuning;
 use crate::control::{Request, Response};
 use crate::filter::Filter;
+use crate::intake;
 use crate::local::{self, Mode};
 use crate::locks::{self, Locks};
 use crate::net::wire::{Frame, Heads};
@@ -84,6 +85,35 @@ const SIMULTANEOUS_DIAL: Duration = Duration::from_secs(3);
 const MAX_EVENTS_PER_FLUSH: usize = 256;
 /// Rounds of "write remote change, find a local edit, ingest it" before giving up for now.
 const MAX_MATERIALIZE_ROUNDS: usize = 4;
+/// How long a peer that sent hostile or broken data is refused after its first offence;
+/// each further offence doubles it, up to [`MAX_QUARANTINE`].
+pub const QUARANTINE_COOLDOWN: Duration = Duration::from_secs(60);
+/// The longest a peer is refused.
+pub const MAX_QUARANTINE: Duration = Duration::from_secs(3600);
+
+/// The last time a peer sent data no honest peer sends (for `status`, and its cooldown).
+struct Fault {
+    /// Its display name (it may not be a member).
+    name: String,
+    /// What it sent.
+    reason: String,
+    /// When.
+    at: std::time::SystemTime,
+    /// Sessions with it are refused until then.
+    until: Instant,
+    /// The same, by the wall clock (for `status`).
+    until_wall: std::time::SystemTime,
+    /// Offences so far (the cooldown doubles with each).
+    strikes: u32,
+}
+
+/// Changes from one peer for one document that wait for a dependency (see
+/// [`intake::MAX_QUEUED_CHANGES`]).
+#[derive(Default, Clone, Copy)]
+struct Queued {
+    changes: u64,
+    bytes: u64,
+}
 
 /// An authenticated session with a peer, as the replica sees it.
 pub struct Session {
@@ -118,6 +148,16 @@ pub enum Event {
         /// The session.
         conn_id: u64,
     },
+    /// A peer's session ended because it sent bytes no honest peer sends (an oversized
+    /// or undecodable frame): the peer is quarantined.
+    Misbehaved {
+        /// The peer.
+        peer: EndpointId,
+        /// The session.
+        conn_id: u64,
+        /// What it sent.
+        reason: String,
+    },
     /// A frame from a peer.
     Frame {
         /// The peer.
@@ -130,6 +170,8 @@ pub enum Event {
 }
 
 struct Link {
+    /// The peer's display name.
+    name: String,
     /// When the session started.
     since: Instant,
     /// The same, by the wall clock (for `status`).
@@ -218,6 +260,10 @@ pub struct Replica {
     /// Documents whose materialisation failed, and when to try again.
     retry: HashSet<DocId>,
     retry_at: Option<Instant>,
+    /// Peers that sent hostile or broken data, and until when they are refused.
+    faults: HashMap<EndpointId, Fault>,
+    /// Changes waiting for a dependency, per peer and document.
+    queued: HashMap<(EndpointId, DocId), Queued>,
 }
 
 /// The rendered tree, recomputed only when the folder document changed or a file
@@ -362,6 +408,8 @@ impl Replica {
             retry: HashSet::new(),
             retry_at: None,
             received_whole: HashMap::new(),
+            faults: HashMap::new(),
+            queued: HashMap::new(),
         })
     }
 
@@ -509,6 +557,11 @@ impl Replica {
                     self.fetches.peer_gone(peer);
                 }
             }
+            Event::Misbehaved { peer, conn_id: _, reason } => {
+                // Whether or not that session is still the current one (it may have ended
+                // first): the peer sent it, on an authenticated session.
+                self.quarantine(peer, reason);
+            }
             Event::Frame { peer, conn_id, frame } => {
                 if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.last_heard.insert(peer, std::time::SystemTime::now());
@@ -526,6 +579,12 @@ impl Replica {
         if self.paused {
             info!(peer = %peer.fmt_short(), "refusing a session: syncing is paused");
             conn.close(5u32.into(), b"paused");
+            return;
+        }
+        if let Some(fault) = self.faults.get(&peer).filter(|f| f.until > Instant::now()) {
+            info!(peer = %peer.fmt_short(), %name, "refusing a session: quarantined for {:?} more ({})",
+                fault.until - Instant::now(), fault.reason);
+            conn.close(6u32.into(), b"quarantined");
             return;
         }
         if let Some(existing) = self.peers.get(&peer) {
@@ -561,6 +620,7 @@ impl Replica {
             }
         }
         let link = Link {
+            name,
             since: Instant::now(),
             since_wall: std::time::SystemTime::now(),
             conn_id,
@@ -651,39 +711,7 @@ impl Replica {
                     self.push(peer, doc);
                 }
             }
-            Frame::Changes { doc, data, heads } => {
-                if let Err(why) = self.admit(peer, doc, &data) {
-                    if self.reported.insert(format!("refused\0{peer}\0{why}")) {
-                        warn!(peer = %peer.fmt_short(), doc = %doc.short(), "refusing changes outside the peer's role: {why}");
-                    }
-                    return;
-                }
-                let pre_text = self.files.get(&doc).and_then(|f| f.text());
-                let d = self.doc_mut(doc);
-                let before = d.get_heads();
-                if let Err(e) = d.load_incremental(&data) {
-                    warn!(peer = %peer.fmt_short(), doc = %doc.short(), "refusing malformed changes: {e}");
-                    if let Some(link) = self.peers.remove(&peer) {
-                        link.conn.close(4u32.into(), b"malformed changes");
-                    }
-                    return;
-                }
-                let after = d.get_heads();
-                if before.is_empty() && !after.is_empty() {
-                    self.received_whole.insert(doc, (after.clone(), data));
-                }
-                if before != after {
-                    self.dirty.insert(doc);
-                    self.remote_changed.insert(doc);
-                    let theirs: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
-                    if let Some(pre) = pre_text {
-                        self.undo_double_apply(doc, &pre, &theirs);
-                    }
-                }
-                if let Some(link) = self.peers.get_mut(&peer) {
-                    link.known.insert(doc, after);
-                }
-            }
+            Frame::Changes { doc, data, heads } => self.receive_changes(peer, doc, data, heads),
             Frame::Peers { peers } => {
                 for addr in peers {
                     if addr.id != self.me && !self.peers.contains_key(&addr.id) {
@@ -721,6 +749,131 @@ impl Replica {
             }
             other => debug!(peer = %peer.fmt_short(), "ignoring unexpected frame {other:?}"),
         }
+    }
+
+    /// Applies a peer's changes to `doc`: checked by [`intake::inspect`] before Automerge
+    /// sees them, decoded on a fork of the document behind `catch_unwind`, checked against
+    /// the peer's role and the queue of changes waiting for dependencies, and only then
+    /// swapped in. A peer whose bytes fail any of these but the role check is quarantined.
+    fn receive_changes(&mut self, peer: EndpointId, doc: DocId, data: Vec<u8>, heads: Heads) {
+        let payload = match intake::inspect(&data, &self.tuning.intake) {
+            Ok(p) => p,
+            Err(why) => return self.quarantine(peer, format!("changes to document {}: {why}", doc.short())),
+        };
+        if doc != self.id.folder
+            && let Err(why) = self.admit_file(peer, doc)
+        {
+            return self.refuse_changes(peer, doc, &why);
+        }
+        let actor = self.id.actor.clone();
+        let existing = if doc == self.id.folder {
+            Some(self.folder.doc_mut())
+        } else {
+            self.files.get_mut(&doc).map(|f| f.doc_mut())
+        };
+        let (before, mut fork) = match existing {
+            Some(d) => (d.get_heads(), d.fork().with_actor(actor)),
+            None => (Vec::new(), AutoCommit::new().with_actor(actor)),
+        };
+        match intake::decode_isolated(|| fork.load_incremental(&data)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return self.quarantine(peer, format!("changes to document {}: {e}", doc.short())),
+            Err(panic) => {
+                return self.quarantine(peer, format!("changes to document {}: {panic}", doc.short()));
+            }
+        }
+        if doc == self.id.folder {
+            let mut after = FolderDoc::from_doc(fork);
+            match intake::decode_isolated(|| self.admit_folder(peer, &before, &mut after)) {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => return self.refuse_changes(peer, doc, &why),
+                Err(panic) => {
+                    return self.quarantine(peer, format!("changes to the folder document: {panic}"));
+                }
+            }
+            fork = std::mem::take(after.doc_mut());
+        }
+        // Changes whose dependencies have not arrived wait in memory: bounded per peer.
+        if fork.get_missing_deps(&[]).is_empty() {
+            self.queued.retain(|(_, d), _| *d != doc);
+        } else {
+            let q = self.queued.get(&(peer, doc)).copied().unwrap_or_default();
+            let q = Queued { changes: q.changes + payload.changes, bytes: q.bytes + data.len() as u64 };
+            if q.changes > intake::MAX_QUEUED_CHANGES || q.bytes > intake::MAX_QUEUED_BYTES {
+                return self.quarantine(
+                    peer,
+                    format!(
+                        "changes to document {}: over {} changes or {} bytes waiting for missing dependencies",
+                        doc.short(),
+                        intake::MAX_QUEUED_CHANGES,
+                        intake::MAX_QUEUED_BYTES
+                    ),
+                );
+            }
+            self.queued.insert((peer, doc), q);
+        }
+        let pre_text = self.files.get(&doc).and_then(|f| f.text());
+        let after = fork.get_heads();
+        if doc == self.id.folder {
+            *self.folder.doc_mut() = fork;
+        } else {
+            self.files.insert(doc, FileDoc::from_doc(fork));
+        }
+        if before.is_empty() && !after.is_empty() {
+            self.received_whole.insert(doc, (after.clone(), data));
+        }
+        if before != after {
+            self.dirty.insert(doc);
+            self.remote_changed.insert(doc);
+            let theirs: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
+            if let Some(pre) = pre_text {
+                self.undo_double_apply(doc, &pre, &theirs);
+            }
+        }
+        if let Some(link) = self.peers.get_mut(&peer) {
+            link.known.insert(doc, after);
+        }
+    }
+
+    /// Changes outside the peer's role: not applied (an honest peer with a stale view of
+    /// the roles may send them), logged once.
+    fn refuse_changes(&mut self, peer: EndpointId, doc: DocId, why: &str) {
+        if self.reported.insert(format!("refused\0{peer}\0{why}")) {
+            warn!(peer = %peer.fmt_short(), doc = %doc.short(), "refusing changes outside the peer's role: {why}");
+        }
+    }
+
+    /// Ends the session with a peer that sent data no honest peer sends, refuses it for a
+    /// cooldown, and records why (shown by `status`). The node keeps serving everyone else.
+    fn quarantine(&mut self, peer: EndpointId, reason: String) {
+        let strikes = self.faults.get(&peer).map_or(1, |f| f.strikes.saturating_add(1));
+        let cooldown = QUARANTINE_COOLDOWN.saturating_mul(1 << (strikes - 1).min(16)).min(MAX_QUARANTINE);
+        let link = self.peers.remove(&peer);
+        let name = link
+            .as_ref()
+            .map(|l| l.name.clone())
+            .or_else(|| self.faults.get(&peer).map(|f| f.name.clone()))
+            .or_else(|| self.folder.members().get(&peer.to_string()).map(|m| m.name.clone()))
+            .unwrap_or_default();
+        warn!(peer = %peer.fmt_short(), %name, ?cooldown, "quarantining the peer: {reason}");
+        if let Some(link) = link {
+            link.conn.close(6u32.into(), b"quarantined: sent data no honest peer sends");
+            self.last_heard.insert(peer, std::time::SystemTime::now());
+            self.peer_filters.remove(&peer);
+            self.fetches.peer_gone(peer);
+        }
+        let now = std::time::SystemTime::now();
+        self.faults.insert(
+            peer,
+            Fault {
+                name,
+                reason,
+                at: now,
+                until: Instant::now() + cooldown,
+                until_wall: now + cooldown,
+                strikes,
+            },
+        );
     }
 
     /// The same outside change taken in on two peers at once (both ran `git pull`, both

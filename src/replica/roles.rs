@@ -4,11 +4,9 @@
 use super::*;
 
 impl Replica {
-    /// Whether changes to `doc` arriving on `peer`'s session are within its role (see
-    /// [`crate::policy`]). Folder-document changes are tried on a copy first. Changes
-    /// written by the owner are allowed whoever relays them, so a writer can pass on a
-    /// role the owner set.
-    pub(super) fn admit(&mut self, peer: EndpointId, doc: DocId, data: &[u8]) -> Result<(), String> {
+    /// Whether changes to the file document `doc` arriving on `peer`'s session are within
+    /// its role (see [`crate::policy`]); decided from the folder alone, before decoding.
+    pub(super) fn admit_file(&mut self, peer: EndpointId, doc: DocId) -> Result<(), String> {
         if !self.folder.is_ready() {
             return Ok(()); // joining: the folder (and who may do what) is not here yet
         }
@@ -16,17 +14,31 @@ impl Replica {
         if role == Role::Owner {
             return Ok(());
         }
-        if doc != self.id.folder {
-            self.tree.get(&mut self.folder, &mut self.files);
-            return if policy::allows_file_change(role, doc, &self.tree.entries) {
-                Ok(())
-            } else {
-                Err(format!("a {} may not change the content of this file", role.as_str()))
-            };
+        self.tree.get(&mut self.folder, &mut self.files);
+        if policy::allows_file_change(role, doc, &self.tree.entries) {
+            Ok(())
+        } else {
+            Err(format!("a {} may not change the content of this file", role.as_str()))
         }
-        let before_heads = self.folder.doc_mut().get_heads();
-        let mut after = FolderDoc::from_doc(self.folder.doc_mut().fork());
-        after.doc_mut().load_incremental(data).map_err(|e| e.to_string())?;
+    }
+
+    /// Whether the folder document `after` (ours at `before_heads` with `peer`'s changes
+    /// loaded, on a fork) differs from ours only as `peer`'s role allows. Changes written by
+    /// the owner are allowed whoever relays them, so a writer can pass on a role the owner
+    /// set.
+    pub(super) fn admit_folder(
+        &mut self,
+        peer: EndpointId,
+        before_heads: &[ChangeHash],
+        after: &mut FolderDoc,
+    ) -> Result<(), String> {
+        if !self.folder.is_ready() {
+            return Ok(()); // joining: the folder (and who may do what) is not here yet
+        }
+        let role = Role::of(&self.folder, &peer.to_string());
+        if role == Role::Owner {
+            return Ok(());
+        }
         let mut base = self.folder.doc_mut().fork();
         if role == Role::Writer {
             let owners: BTreeSet<String> = self
@@ -36,14 +48,14 @@ impl Replica {
                 .filter(|(_, m)| m.role == Role::Owner.as_str())
                 .map(|(id, _)| id)
                 .collect();
-            let new = after.doc_mut().get_changes(&before_heads);
+            let new = after.doc_mut().get_changes(before_heads);
             let by_owner: Vec<automerge::Change> = new
                 .into_iter()
                 .filter(|c| after.actor_member(c.actor_id()).is_some_and(|m| owners.contains(&m)))
                 .collect();
             base.apply_changes(by_owner).map_err(|e| e.to_string())?;
         }
-        policy::check_folder_change(role, &FolderDoc::from_doc(base), &after)
+        policy::check_folder_change(role, &FolderDoc::from_doc(base), after)
     }
 
     pub(super) fn my_role(&self) -> Role {

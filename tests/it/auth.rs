@@ -33,12 +33,12 @@ fn secret_tree() -> Tree {
     tree
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
 }
 
 /// Decodes a peer's ticket, insisting it only points at loopback addresses.
-fn loopback_ticket(peer: &Peer) -> Ticket {
+pub fn loopback_ticket(peer: &Peer) -> Ticket {
     let ticket = Ticket::decode(peer.ticket()).expect("the sharer's ticket decodes");
     let ips: Vec<_> = ticket.addr.ip_addrs().collect();
     assert!(!ips.is_empty(), "ticket has no direct address: {:?}", ticket.addr);
@@ -48,7 +48,7 @@ fn loopback_ticket(peer: &Peer) -> Ticket {
 }
 
 /// A stream reader that keeps a copy of every byte it passes on.
-struct Recorder<R> {
+pub struct Recorder<R> {
     inner: R,
     seen: Vec<u8>,
 }
@@ -71,7 +71,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Recorder<R> {
 
 /// What one read from the acceptor produced.
 #[derive(Debug)]
-enum Read {
+pub enum Read {
     Frame(Frame),
     /// The stream ended cleanly between frames.
     End,
@@ -80,16 +80,16 @@ enum Read {
 }
 
 /// A hand-driven dialer: one loopback endpoint, one connection, one bi stream.
-struct Client {
-    endpoint: Endpoint,
-    conn: Connection,
-    send: SendStream,
+pub struct Client {
+    pub endpoint: Endpoint,
+    pub conn: Connection,
+    pub send: SendStream,
     recv: Recorder<RecvStream>,
 }
 
 impl Client {
     /// Binds a fresh loopback-only endpoint and opens the sync stream to the ticket's sharer.
-    async fn connect(ticket: &Ticket) -> Self {
+    pub async fn connect(ticket: &Ticket) -> Self {
         let endpoint = Endpoint::builder(presets::Minimal)
             .relay_mode(RelayMode::Disabled)
             .clear_address_lookup()
@@ -104,6 +104,11 @@ impl Client {
         for addr in endpoint.bound_sockets() {
             assert!(addr.ip().is_loopback(), "test endpoint bound a non-loopback socket: {addr}");
         }
+        Self::dial(endpoint, ticket).await
+    }
+
+    /// Opens a new connection and sync stream to the ticket's sharer from `endpoint`.
+    pub async fn dial(endpoint: Endpoint, ticket: &Ticket) -> Self {
         let conn = tokio::time::timeout(deadline(), endpoint.connect(ticket.addr.clone(), ALPN))
             .await
             .expect("connecting to the sharer timed out")
@@ -112,7 +117,7 @@ impl Client {
         Self { endpoint, conn, send, recv: Recorder { inner: recv, seen: Vec::new() } }
     }
 
-    async fn send(&mut self, frame: &Frame) {
+    pub async fn send(&mut self, frame: &Frame) {
         write_frame(&mut self.send, frame).await.unwrap_or_else(|e| panic!("send {frame:?}: {e:#}"));
     }
 
@@ -121,13 +126,13 @@ impl Client {
         let _ = write_frame(&mut self.send, frame).await;
     }
 
-    async fn hello(&mut self, folder: DocId) {
+    pub async fn hello(&mut self, folder: DocId) {
         let hello = Frame::Hello { folder, name: "mallory".into(), addr: self.endpoint.addr() };
         self.send(&hello).await;
     }
 
     /// The next frame, the end of the stream, or a failure; panics after the deadline.
-    async fn read(&mut self, waiting_for: &str) -> Read {
+    pub async fn read(&mut self, waiting_for: &str) -> Read {
         match tokio::time::timeout(deadline(), read_frame(&mut self.recv)).await {
             Err(_) => {
                 panic!("nothing from the sharer within {:?} while waiting for {waiting_for}", deadline())
@@ -141,7 +146,7 @@ impl Client {
     /// Reads the challenge and answers it with a proof made from `secret`; an empty
     /// `Summary` follows at once, as an eager client would send it, so an acceptor that let
     /// the client in would answer with the folder's documents.
-    async fn prove(&mut self, ticket: &Ticket, secret: &[u8; 32]) {
+    pub async fn prove(&mut self, ticket: &Ticket, secret: &[u8; 32]) {
         let nonce = match self.read("the challenge").await {
             Read::Frame(Frame::Challenge { nonce }) => nonce,
             other => panic!("expected Challenge after Hello, got {other:?}"),
@@ -172,7 +177,7 @@ impl Client {
         &self.recv.seen
     }
 
-    async fn close(self) {
+    pub async fn close(self) {
         self.conn.close(0u32.into(), b"test done");
         self.endpoint.close().await;
     }

@@ -12,6 +12,7 @@ mod binary;
 mod daemon;
 mod harness;
 mod history;
+mod hostile;
 mod ignore;
 mod locks;
 mod policy;
