@@ -145,6 +145,9 @@ pub enum Frame {
 /// the acceptor allocate more than this.
 pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 64 * 1024;
 
+/// Buffer first allocated for a frame's body; it grows as the bytes arrive.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
 /// Bytes of the length prefix.
 pub const LENGTH_BYTES: usize = 4;
 
@@ -219,7 +222,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
 }
 
 /// Reads one frame of at most `limit` bytes. The length is checked before the buffer for
-/// the body is allocated.
+/// the body is allocated, and the buffer grows only as the body arrives.
 pub async fn read_frame_limited<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: usize,
@@ -232,11 +235,13 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
     }
     let len = u32::from_be_bytes(len) as usize;
     check_len(len, limit)?;
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-        _ => FrameError::Io(e),
-    })?;
+    // The buffer grows with the bytes that actually arrive: announcing a large frame and
+    // sending nothing costs the peer as much as it costs us.
+    let mut buf = Vec::with_capacity(len.min(READ_CHUNK_BYTES));
+    (&mut *r).take(len as u64).read_to_end(&mut buf).await.map_err(FrameError::Io)?;
+    if buf.len() < len {
+        return Err(FrameError::Truncated);
+    }
     Ok(Some(postcard::from_bytes(&buf)?))
 }
 
