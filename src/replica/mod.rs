@@ -670,10 +670,17 @@ impl Replica {
         let Some(link) = self.peers.get(&peer) else {
             return;
         };
-        if link.outbox.try_send(frame).is_err() {
-            warn!(peer = %peer.fmt_short(), "peer is not keeping up; reconnecting it");
-            link.conn.close(3u32.into(), b"outbox full");
-            self.peers.remove(&peer);
+        match link.outbox.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(peer = %peer.fmt_short(), "peer is not keeping up; reconnecting it");
+                link.conn.close(3u32.into(), b"outbox full");
+                self.peers.remove(&peer);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                debug!(peer = %peer.fmt_short(), "the session ended already");
+                self.peers.remove(&peer);
+            }
         }
     }
 
