@@ -13,6 +13,8 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod filter;
+#[cfg(test)]
+mod fuzz_corpus;
 pub mod home;
 pub mod intake;
 pub mod local;
