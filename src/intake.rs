@@ -618,6 +618,27 @@ mod tests {
         assert_eq!(inspect(&change, &Limits::default()), Err(Refusal::TooManyOps(MAX_OPS_PER_PAYLOAD)));
     }
 
+    /// A document chunk (after the seed's mode byte), 220 bytes, on which Automerge 0.12.0
+    /// panics ("unexpected null in non-nullable column", in hexane): found by the
+    /// `changes_admission` fuzz target in its first seconds. It passes [`inspect`] (well
+    /// formed as far as chunks, checksums and row counts go), so only [`decode_isolated`]
+    /// stands between it and the node.
+    const AUTOMERGE_PANIC: &[u8] = include_bytes!("../fuzz/corpus/changes_admission/automerge-panic");
+
+    #[test]
+    fn a_payload_that_makes_automerge_panic_is_contained() {
+        let bytes = &AUTOMERGE_PANIC[1..];
+        inspect(bytes, &Limits::default()).expect("well formed as far as inspect can tell");
+        let mut empty = AutoCommit::new();
+        let err = decode_isolated(|| empty.load_incremental(bytes)).expect_err(
+            "Automerge 0.12.0 panics on these bytes; if it no longer does (fixed upstream), keep them \
+             as a seed and drop this assertion",
+        );
+        assert!(err.contains("panicked"), "{err}");
+        let mut doc = text_doc("hello\n", 2);
+        let _ = decode_isolated(|| doc.load_incremental(bytes));
+    }
+
     #[test]
     fn a_panic_while_decoding_becomes_an_error() {
         assert_eq!(decode_isolated(|| 7), Ok(7));

@@ -1,5 +1,6 @@
 //! Hostile input after the join proof: a member that sends bytes no honest peer sends (an
-//! oversized frame, garbage where Automerge changes belong, a document over the size cap)
+//! oversized frame, garbage where Automerge changes belong, a document over the size cap,
+//! a document that makes Automerge panic)
 //! loses its session, is named in `teatime status`, is refused for a while, and the node
 //! keeps syncing with everyone else.
 //!
@@ -26,7 +27,13 @@ enum Attack {
     GarbageChanges,
     /// A `Changes` frame holding a valid document that inflates past [`CAP`].
     OverCap(Vec<u8>),
+    /// A `Changes` frame holding a document chunk that passes every check before
+    /// decoding and makes Automerge 0.12 panic (found by fuzzing).
+    AutomergePanic,
 }
+
+/// The fuzz seed of that document chunk (its first byte is the fuzz target's mode).
+const AUTOMERGE_PANIC: &[u8] = include_bytes!("../../fuzz/corpus/changes_admission/automerge-panic");
 
 impl Attack {
     async fn send(&self, client: &mut Client, folder: DocId) {
@@ -44,6 +51,10 @@ impl Attack {
                 let doc = DocId([0x5a; 16]);
                 client.send(&Frame::Changes { doc, data: data.clone(), heads: Vec::new() }).await;
             }
+            Attack::AutomergePanic => {
+                let (doc, data) = (DocId([0x5b; 16]), AUTOMERGE_PANIC[1..].to_vec());
+                client.send(&Frame::Changes { doc, data, heads: Vec::new() }).await;
+            }
         }
     }
 
@@ -53,6 +64,9 @@ impl Attack {
             Attack::OversizedPrefix => "byte frame, over the",
             Attack::GarbageChanges => "not Automerge changes",
             Attack::OverCap(_) => "cap for one document",
+            // If a later Automerge reports an error instead, the peer is still dropped
+            // and named, with that error: update this text then.
+            Attack::AutomergePanic => "Automerge panicked",
         }
     }
 }
@@ -97,7 +111,8 @@ fn peers_that_send_garbage_are_dropped_and_named_while_an_honest_peer_syncs() {
         .doc_mut()
         .save();
     assert!(big.len() < CAP, "the document should be small on the wire ({} bytes)", big.len());
-    let attacks = [Attack::OversizedPrefix, Attack::GarbageChanges, Attack::OverCap(big)];
+    let attacks =
+        [Attack::OversizedPrefix, Attack::GarbageChanges, Attack::OverCap(big), Attack::AutomergePanic];
 
     let rt = runtime();
     let mut kept = None;
@@ -139,7 +154,7 @@ fn peers_that_send_garbage_are_dropped_and_named_while_an_honest_peer_syncs() {
 
     // Within its cooldown, the last hostile peer is let through the handshake (the secret is
     // right) but gets nothing of the folder: the session is closed at once.
-    let client = kept.expect("three attacks ran");
+    let client = kept.expect("the attacks ran");
     rt.block_on(async {
         let endpoint = client.endpoint.clone();
         client.conn.close(0u32.into(), b"again");
