@@ -545,6 +545,19 @@ mod tests {
     }
 
     #[test]
+    fn a_file_at_the_default_text_limit_passes_with_room_to_spare() {
+        // An eighth of the limit (the whole of it takes seconds to build), scaled up.
+        let line = "the quick brown fox jumps over the lazy dog, 0123456789\n";
+        let scale = 8;
+        let content = line.repeat(crate::scan::DEFAULT_TEXT_LIMIT_BYTES as usize / scale / line.len());
+        let whole = text_doc(&content, 0).save();
+        let p = inspect(&whole, &Limits::default()).unwrap();
+        let margin = 4;
+        assert!(p.inflated * scale * margin < MAX_DOC_BYTES, "{p:?}");
+        assert!(p.ops * (scale * margin) as u64 <= MAX_OPS_PER_PAYLOAD, "{p:?}");
+    }
+
+    #[test]
     fn garbage_and_tampering_are_refused() {
         let mut doc = text_doc("hello\n", 3);
         let whole = doc.save();
