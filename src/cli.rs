@@ -906,6 +906,13 @@ fn print_status(v: &serde_json::Value) {
             )
         };
         println!("  peer {} ({}): {link}", s(&p["name"]), s(&p["role"]));
+        if let Some(reason) = p["last_fault"]["reason"].as_str() {
+            let refused = match p["quarantined_until"].as_str() {
+                Some(until) => format!("; refused until {until}"),
+                None => String::new(),
+            };
+            println!("    sent data no honest peer sends ({}): {reason}{refused}", s(&p["last_fault"]["at"]));
+        }
     }
     for i in v["incoming"].as_array().into_iter().flatten() {
         println!("  receiving {}…: {} of {} bytes", short(&s(&i["blob"])), i["bytes"], i["size"]);

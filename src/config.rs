@@ -7,6 +7,7 @@
 //! debounce_ms = 20          # quiet time after a file event before looking
 //! rescan_secs = 3600        # full rescan behind the watcher (0: never)
 //! text_limit = 8388608      # bytes; for folders that do not set `text-limit` themselves
+//! max_doc_bytes = 268435456 # bytes a peer may send for one document at once, inflated
 //! ```
 
 use std::path::Path;
@@ -36,6 +37,8 @@ pub struct Config {
     pub rescan_secs: Option<u64>,
     /// Default text size limit, bytes.
     pub text_limit: Option<u64>,
+    /// Cap on one document's payload from a peer, inflated, bytes (see [`crate::intake`]).
+    pub max_doc_bytes: Option<usize>,
 }
 
 /// How a folder's replica paces its work.
@@ -47,6 +50,8 @@ pub struct Tuning {
     pub rescan: Option<Duration>,
     /// Text size limit for folders that do not set one.
     pub text_limit: u64,
+    /// Caps on what peers send before it is decoded.
+    pub intake: crate::intake::Limits,
 }
 
 impl Default for Tuning {
@@ -55,6 +60,7 @@ impl Default for Tuning {
             debounce: Duration::from_millis(20),
             rescan: Some(Duration::from_secs(3600)),
             text_limit: crate::scan::DEFAULT_TEXT_LIMIT_BYTES,
+            intake: crate::intake::Limits::default(),
         }
     }
 }
@@ -81,6 +87,10 @@ impl Config {
                 None => d.rescan,
             },
             text_limit: self.text_limit.unwrap_or(d.text_limit),
+            intake: crate::intake::Limits {
+                max_bytes: self.max_doc_bytes.unwrap_or(d.intake.max_bytes),
+                ..d.intake
+            },
         }
     }
 }
@@ -93,12 +103,15 @@ mod tests {
     fn a_config_file_sets_defaults_and_typos_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         assert!(Config::load(dir.path()).unwrap().network.is_none());
-        std::fs::write(dir.path().join(FILE), "network = \"lan\"\ndebounce_ms = 50\nrescan_secs = 0\n")
-            .unwrap();
+        std::fs::write(
+            dir.path().join(FILE),
+            "network = \"lan\"\ndebounce_ms = 50\nrescan_secs = 0\nmax_doc_bytes = 1024\n",
+        )
+        .unwrap();
         let c = Config::load(dir.path()).unwrap();
         assert_eq!(c.network, Some(NetworkMode::Lan));
         let t = c.tuning();
-        assert_eq!((t.debounce, t.rescan), (Duration::from_millis(50), None));
+        assert_eq!((t.debounce, t.rescan, t.intake.max_bytes), (Duration::from_millis(50), None, 1024));
         std::fs::write(dir.path().join(FILE), "debounce = 50\n").unwrap();
         let err = format!("{:#}", Config::load(dir.path()).unwrap_err());
         assert!(err.contains("debounce"), "{err}");

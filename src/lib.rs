@@ -14,7 +14,10 @@ pub mod control;
 pub mod daemon;
 pub mod filter;
 pub mod fsroot;
+#[cfg(test)]
+mod fuzz_corpus;
 pub mod home;
+pub mod intake;
 pub mod local;
 pub mod locks;
 pub mod net;

@@ -148,8 +148,10 @@ pub enum TicketRefusal {
 }
 
 impl IssuedTicket {
-    /// A new ticket.
+    /// A new ticket; `id` and `secret` are fresh random bytes (the caller's: this module
+    /// also builds in the fuzz crate, without a random source).
     pub fn new(
+        (id, secret): (TicketId, [u8; 32]),
         grant: Grant,
         now_ms: u64,
         expires_ms: Option<u64>,
@@ -157,8 +159,8 @@ impl IssuedTicket {
         standing: bool,
     ) -> Self {
         IssuedTicket {
-            id: rand::random(),
-            secret: rand::random(),
+            id,
+            secret,
             grant,
             created_ms: now_ms,
             expires_ms,
@@ -240,12 +242,12 @@ mod tests {
 
     #[test]
     fn issued_tickets_expire_and_run_out() {
-        let mut t = IssuedTicket::new(Grant::Write, 1000, Some(2000), Some(1), false);
+        let mut t = IssuedTicket::new(([1; 16], [2; 32]), Grant::Write, 1000, Some(2000), Some(1), false);
         assert_eq!(t.check(1500), Ok(()));
         assert_eq!(t.check(2000), Err(TicketRefusal::Expired));
         t.consume();
         assert_eq!(t.check(1500), Err(TicketRefusal::UsedUp));
-        let mut r = IssuedTicket::new(Grant::Read, 0, None, None, true);
+        let mut r = IssuedTicket::new(([3; 16], [4; 32]), Grant::Read, 0, None, None, true);
         r.revoked = true;
         assert_eq!(r.check(5), Err(TicketRefusal::Revoked));
     }

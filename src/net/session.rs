@@ -25,7 +25,10 @@ use tracing::{debug, info, warn};
 
 use super::Links;
 use super::auth;
-use super::wire::{ALPN, Credentials, Frame, read_frame, write_frame};
+use super::wire::{
+    ALPN, Credentials, Frame, FrameError, MAX_HANDSHAKE_FRAME_BYTES, read_frame, read_frame_limited,
+    write_frame,
+};
 use crate::replica::{Admission, Event, Session};
 use crate::ticket::Ticket;
 
@@ -180,7 +183,7 @@ impl Hub {
             credentials,
         };
         write_frame(&mut send, &hello).await?;
-        let name = match step(read_frame(&mut recv)).await? {
+        let name = match step(read_frame_limited(&mut recv, MAX_HANDSHAKE_FRAME_BYTES)).await? {
             Frame::Welcome { name } => name,
             Frame::Challenge { nonce } => {
                 let Some(t) = ticket else {
@@ -189,7 +192,7 @@ impl Hub {
                 let mac =
                     auth::proof(&t.secret, folder, &t.id, &self.endpoint.id(), &conn.remote_id(), &nonce);
                 write_frame(&mut send, &Frame::Proof { mac }).await?;
-                match step(read_frame(&mut recv)).await? {
+                match step(read_frame_limited(&mut recv, MAX_HANDSHAKE_FRAME_BYTES)).await? {
                     Frame::Welcome { name } => name,
                     Frame::Refused { reason } => return Err(refused(reason)),
                     other => return Err(anyhow!("unexpected frame {other:?} in handshake").into()),
@@ -204,6 +207,8 @@ impl Hub {
     async fn accept_inner(&self, conn: Connection) -> Result<()> {
         let peer = conn.remote_id();
         let (mut send, mut recv) = step_io(conn.accept_bi()).await?;
+        // The Hello may carry credentials (a folder document): the frame cap, read as its
+        // bytes arrive; every other handshake frame is tiny.
         let (folder, name, mut addr, ticket, credentials) = match step(read_frame(&mut recv)).await? {
             Frame::Hello { folder, name, addr, ticket, credentials } => {
                 (folder, name, addr, ticket, credentials)
@@ -251,7 +256,7 @@ impl Hub {
             };
             let nonce: [u8; 32] = rand::random();
             write_frame(&mut send, &Frame::Challenge { nonce }).await?;
-            let mac = match step(read_frame(&mut recv)).await? {
+            let mac = match step(read_frame_limited(&mut recv, MAX_HANDSHAKE_FRAME_BYTES)).await? {
                 Frame::Proof { mac } => mac,
                 other => bail!("expected Proof, got {other:?}"),
             };
@@ -327,7 +332,7 @@ async fn refuse(conn: &Connection, send: &mut iroh::endpoint::SendStream, reason
     conn.close(1u32.into(), reason.as_bytes());
 }
 
-async fn step<T>(fut: impl Future<Output = Result<Option<T>>>) -> Result<T> {
+async fn step<T>(fut: impl Future<Output = Result<Option<T>, FrameError>>) -> Result<T> {
     tokio::time::timeout(HANDSHAKE_STEP_TIMEOUT, fut)
         .await
         .map_err(|_| anyhow!("handshake timed out"))??
@@ -380,6 +385,13 @@ async fn run(
                     }
                 }
                 Ok(None) => break,
+                Err(e) if e.is_peer_fault() => {
+                    // Bytes no honest peer sends: the replica quarantines the peer.
+                    warn!(peer = %peer.fmt_short(), "dropping connection: {e:#}");
+                    let _ =
+                        access.inbox.send(Event::Misbehaved { peer, conn_id, reason: e.to_string() }).await;
+                    break;
+                }
                 Err(e) => {
                     warn!(peer = %peer.fmt_short(), "dropping connection: {e:#}");
                     break;

@@ -186,7 +186,14 @@ impl Replica {
             Some(t) if standing => t.clone(),
             _ => {
                 let expires_ms = expires.map(|d| now.saturating_add(d.as_millis() as u64));
-                let t = IssuedTicket::new(grant, now, expires_ms, uses, standing);
+                let t = IssuedTicket::new(
+                    (rand::random(), rand::random()),
+                    grant,
+                    now,
+                    expires_ms,
+                    uses,
+                    standing,
+                );
                 tickets.push(t.clone());
                 local::set_tickets(&self.store, &tickets).map_err(|e| format!("{e:#}"))?;
                 self.refresh_membership();

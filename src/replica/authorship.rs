@@ -34,8 +34,7 @@ const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 const CHUNK_DOCUMENT: u8 = 0;
 const CHUNK_CHANGE: u8 = 1;
 
-/// A change hash and its author's signature.
-pub type Signed = ([u8; 32], Signature);
+pub use crate::net::wire::Signed;
 
 /// Why a peer's changes were not applied.
 #[derive(Debug)]

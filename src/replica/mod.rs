@@ -57,6 +57,7 @@ use crate::config::Tuning;
 use crate::control::{Request, Response};
 use crate::filter::Filter;
 use crate::fsroot::Root;
+use crate::intake;
 use crate::local::{self, Mode};
 use crate::locks::{self, Locks};
 use crate::net::wire::{Frame, Heads};
@@ -96,6 +97,35 @@ const MAX_INTRODUCED: usize = 256;
 const MAX_PARKED_FRAMES: usize = 1024;
 /// Rounds of "write remote change, find a local edit, ingest it" before giving up for now.
 const MAX_MATERIALIZE_ROUNDS: usize = 4;
+/// How long a peer that sent hostile or broken data is refused after its first offence;
+/// each further offence doubles it, up to [`MAX_QUARANTINE`].
+pub const QUARANTINE_COOLDOWN: Duration = Duration::from_secs(60);
+/// The longest a peer is refused.
+pub const MAX_QUARANTINE: Duration = Duration::from_secs(3600);
+
+/// The last time a peer sent data no honest peer sends (for `status`, and its cooldown).
+struct Fault {
+    /// Its display name (it may not be a member).
+    name: String,
+    /// What it sent.
+    reason: String,
+    /// When.
+    at: std::time::SystemTime,
+    /// Sessions with it are refused until then.
+    until: Instant,
+    /// The same, by the wall clock (for `status`).
+    until_wall: std::time::SystemTime,
+    /// Offences so far (the cooldown doubles with each).
+    strikes: u32,
+}
+
+/// Changes from one peer for one document that wait for a dependency (see
+/// [`intake::MAX_QUEUED_CHANGES`]).
+#[derive(Default, Clone, Copy)]
+struct Queued {
+    changes: u64,
+    bytes: u64,
+}
 
 /// An authenticated session with a peer, as the replica sees it.
 pub struct Session {
@@ -132,6 +162,16 @@ pub enum Event {
     },
     /// A session asks who may join (see [`Admission`]).
     Admission(Admission),
+    /// A peer's session ended because it sent bytes no honest peer sends (an oversized
+    /// or undecodable frame): the peer is quarantined.
+    Misbehaved {
+        /// The peer.
+        peer: EndpointId,
+        /// The session.
+        conn_id: u64,
+        /// What it sent.
+        reason: String,
+    },
     /// A frame from a peer.
     Frame {
         /// The peer.
@@ -144,6 +184,8 @@ pub enum Event {
 }
 
 struct Link {
+    /// The peer's display name.
+    name: String,
     /// When the session started.
     since: Instant,
     /// The same, by the wall clock (for `status`).
@@ -250,6 +292,10 @@ pub struct Replica {
     /// The node's endpoint, for the addresses tickets carry (none when a command runs
     /// without a node).
     endpoint: Option<iroh::Endpoint>,
+    /// Peers that sent hostile or broken data, and until when they are refused.
+    faults: HashMap<EndpointId, Fault>,
+    /// Changes waiting for a dependency, per peer and document.
+    queued: HashMap<(EndpointId, DocId), Queued>,
 }
 
 /// The rendered tree, recomputed only when the folder document changed or a file
@@ -397,6 +443,8 @@ impl Replica {
             retry: HashSet::new(),
             retry_at: None,
             received_whole: HashMap::new(),
+            faults: HashMap::new(),
+            queued: HashMap::new(),
             key,
             unsaved_signatures: HashMap::new(),
             parked: Vec::new(),
@@ -566,6 +614,11 @@ impl Replica {
                     self.fetches.peer_gone(peer);
                 }
             }
+            Event::Misbehaved { peer, conn_id: _, reason } => {
+                // Whether or not that session is still the current one (it may have ended
+                // first): the peer sent it, on an authenticated session.
+                self.quarantine(peer, reason);
+            }
             Event::Frame { peer, conn_id, frame } => {
                 if self.peers.get(&peer).is_some_and(|l| l.conn_id == conn_id) {
                     self.last_heard.insert(peer, std::time::SystemTime::now());
@@ -580,7 +633,7 @@ impl Replica {
     }
 
     fn peer_up(&mut self, session: Session) {
-        let Session { peer, name: _, addr, conn_id, dialed_by_me, outbox, conn } = session;
+        let Session { peer, name, addr, conn_id, dialed_by_me, outbox, conn } = session;
         if !self.membership.read().expect("membership lock").admits(&peer) {
             // Revoked between its handshake and now.
             conn.close(6u32.into(), b"not a member");
@@ -589,6 +642,12 @@ impl Replica {
         if self.paused {
             info!(peer = %peer.fmt_short(), "refusing a session: syncing is paused");
             conn.close(5u32.into(), b"paused");
+            return;
+        }
+        if let Some(fault) = self.faults.get(&peer).filter(|f| f.until > Instant::now()) {
+            info!(peer = %peer.fmt_short(), %name, "refusing a session: quarantined for {:?} more ({})",
+                fault.until - Instant::now(), fault.reason);
+            conn.close(6u32.into(), b"quarantined");
             return;
         }
         if let Some(existing) = self.peers.get(&peer) {
@@ -610,6 +669,7 @@ impl Replica {
         }
         let addr = self.remember_session_addr(&addr, &conn);
         let link = Link {
+            name,
             since: Instant::now(),
             since_wall: std::time::SystemTime::now(),
             conn_id,
@@ -659,10 +719,17 @@ impl Replica {
         let Some(link) = self.peers.get(&peer) else {
             return;
         };
-        if link.outbox.try_send(frame).is_err() {
-            warn!(peer = %peer.fmt_short(), "peer is not keeping up; reconnecting it");
-            link.conn.close(3u32.into(), b"outbox full");
-            self.peers.remove(&peer);
+        match link.outbox.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                warn!(peer = %peer.fmt_short(), "peer is not keeping up; reconnecting it");
+                link.conn.close(3u32.into(), b"outbox full");
+                self.peers.remove(&peer);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                debug!(peer = %peer.fmt_short(), "the session ended already");
+                self.peers.remove(&peer);
+            }
         }
     }
 
@@ -745,7 +812,12 @@ impl Replica {
         }
     }
 
-    /// Checks a peer's changes (authorship, roles) and applies them.
+    /// Applies a peer's changes to `doc`. In order: [`intake::inspect`] checks the bytes'
+    /// structure against the caps before Automerge sees them; they are parsed, behind
+    /// `catch_unwind`, into the changes they add; each change's signature and its author's
+    /// role are checked ([`authorship`]); the changes waiting for dependencies are bounded
+    /// per peer; only then are they applied. A peer whose bytes fail any check but the role
+    /// check is quarantined.
     fn receive_changes(
         &mut self,
         peer: EndpointId,
@@ -754,20 +826,23 @@ impl Replica {
         heads: Heads,
         signatures: Vec<Signed>,
     ) {
-        let incoming = match self.incoming(doc, &data) {
-            Ok(i) => i,
-            Err(why) => return self.drop_peer(peer, &format!("malformed changes: {why}")),
+        let payload = match intake::inspect(&data, &self.tuning.intake) {
+            Ok(p) => p,
+            Err(why) => return self.quarantine(peer, format!("changes to document {}: {why}", doc.short())),
         };
-        let kept = match self.check_authorship(doc, &incoming, &signatures) {
-            Ok(kept) => kept,
-            Err(Refusal::Forged(why)) => return self.drop_peer(peer, &why),
-            Err(Refusal::NotAllowed(why)) => {
-                if self.reported.insert(format!("refused\0{peer}\0{why}")) {
-                    warn!(peer = %peer.fmt_short(), doc = %doc.short(), "refusing changes outside their author's role: {why}");
-                }
-                return;
+        let incoming = match intake::decode_isolated(|| self.incoming(doc, &data)) {
+            Ok(Ok(i)) => i,
+            Ok(Err(why)) | Err(why) => {
+                return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
             }
-            Err(Refusal::UnknownAuthor) => {
+        };
+        let kept = match intake::decode_isolated(|| self.check_authorship(doc, &incoming, &signatures)) {
+            Ok(Ok(kept)) => kept,
+            Ok(Err(Refusal::Forged(why))) | Err(why) => {
+                return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
+            }
+            Ok(Err(Refusal::NotAllowed(why))) => return self.refuse_changes(peer, doc, &why),
+            Ok(Err(Refusal::UnknownAuthor)) => {
                 // Its author's admission has not reached us: try again once the folder
                 // document changes (bounded: a flood of such frames is dropped, and
                 // recovered by the summary exchange of the next session).
@@ -781,17 +856,37 @@ impl Replica {
         let pre_text = self.files.get(&doc).and_then(|f| f.text());
         let d = self.doc_mut(doc);
         let before = d.get_heads();
-        let applied = match incoming.apply {
-            Apply::Changes(changes) => d.apply_changes(changes).map(|_| ()),
+        let applied = intake::decode_isolated(|| match incoming.apply {
+            Apply::Changes(changes) => d.apply_changes(changes).map_err(|e| e.to_string()),
             Apply::Replace(whole) => {
                 *d = *whole;
                 Ok(())
             }
-        };
-        if let Err(e) = applied {
-            return self.drop_peer(peer, &format!("malformed changes: {e}"));
+        });
+        if let Ok(Err(why)) | Err(why) = applied {
+            return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
         }
+        // Changes whose dependencies have not arrived wait in memory: bounded per peer.
+        let d = self.doc_mut(doc);
         let after = d.get_heads();
+        if d.get_missing_deps(&[]).is_empty() {
+            self.queued.retain(|(_, d), _| *d != doc);
+        } else {
+            let q = self.queued.get(&(peer, doc)).copied().unwrap_or_default();
+            let q = Queued { changes: q.changes + payload.changes, bytes: q.bytes + data.len() as u64 };
+            if q.changes > intake::MAX_QUEUED_CHANGES || q.bytes > intake::MAX_QUEUED_BYTES {
+                return self.quarantine(
+                    peer,
+                    format!(
+                        "changes to document {}: over {} changes or {} bytes waiting for missing dependencies",
+                        doc.short(),
+                        intake::MAX_QUEUED_CHANGES,
+                        intake::MAX_QUEUED_BYTES
+                    ),
+                );
+            }
+            self.queued.insert((peer, doc), q);
+        }
         if before.is_empty() && !after.is_empty() {
             self.received_whole.insert(doc, (after.clone(), data));
         }
@@ -816,12 +911,44 @@ impl Replica {
         }
     }
 
-    /// Ends the session with a peer that sent something broken or forged.
-    fn drop_peer(&mut self, peer: EndpointId, why: &str) {
-        warn!(peer = %peer.fmt_short(), "disconnecting: {why}");
-        if let Some(link) = self.peers.remove(&peer) {
-            link.conn.close(4u32.into(), b"malformed or forged changes");
+    /// Changes outside their author's role: not applied (an honest peer with a stale
+    /// view of the roles may relay them), logged once.
+    fn refuse_changes(&mut self, peer: EndpointId, doc: DocId, why: &str) {
+        if self.reported.insert(format!("refused\0{peer}\0{why}")) {
+            warn!(peer = %peer.fmt_short(), doc = %doc.short(), "refusing changes outside their author's role: {why}");
         }
+    }
+    /// Ends the session with a peer that sent data no honest peer sends, refuses it for a
+    /// cooldown, and records why (shown by `status`). The node keeps serving everyone else.
+    fn quarantine(&mut self, peer: EndpointId, reason: String) {
+        let strikes = self.faults.get(&peer).map_or(1, |f| f.strikes.saturating_add(1));
+        let cooldown = QUARANTINE_COOLDOWN.saturating_mul(1 << (strikes - 1).min(16)).min(MAX_QUARANTINE);
+        let link = self.peers.remove(&peer);
+        let name = link
+            .as_ref()
+            .map(|l| l.name.clone())
+            .or_else(|| self.faults.get(&peer).map(|f| f.name.clone()))
+            .or_else(|| self.folder.members().get(&peer.to_string()).map(|m| m.name.clone()))
+            .unwrap_or_default();
+        warn!(peer = %peer.fmt_short(), %name, ?cooldown, "quarantining the peer: {reason}");
+        if let Some(link) = link {
+            link.conn.close(6u32.into(), b"quarantined: sent data no honest peer sends");
+            self.last_heard.insert(peer, std::time::SystemTime::now());
+            self.peer_filters.remove(&peer);
+            self.fetches.peer_gone(peer);
+        }
+        let now = std::time::SystemTime::now();
+        self.faults.insert(
+            peer,
+            Fault {
+                name,
+                reason,
+                at: now,
+                until: Instant::now() + cooldown,
+                until_wall: now + cooldown,
+                strikes,
+            },
+        );
     }
 
     /// The same outside change taken in on two peers at once (both ran `git pull`, both

@@ -33,8 +33,17 @@ impl Replica {
         self.tree.get(&mut self.folder, &mut self.files);
         let me = self.me.to_string();
         let members = self.folder.members();
+        // Members, and peers that were quarantined before they became members.
+        let mut listed: Vec<(String, String, String)> =
+            members.iter().map(|(id, m)| (id.clone(), m.name.clone(), m.role.clone())).collect();
+        for (peer, fault) in &self.faults {
+            if !members.contains_key(&peer.to_string()) {
+                listed.push((peer.to_string(), fault.name.clone(), "not a member".into()));
+            }
+        }
+        let now = std::time::Instant::now();
         let mut peers = Vec::new();
-        for (id, m) in &members {
+        for (id, name, role) in &listed {
             if *id == me {
                 continue;
             }
@@ -60,8 +69,13 @@ impl Replica {
                     .filter(|(p, (_, k))| *k == EntryKind::File && f.excludes(p, false))
                     .count()
             });
+            let fault = self.faults.get(&peer);
+            let quarantined_until = fault.filter(|f| f.until > now).map(|f| iso_time(wall_ms(f.until_wall)));
+            let last_fault = fault.map(|f| json!({"reason": f.reason, "at": iso_time(wall_ms(f.at))}));
             let why = if self.paused {
                 Some("paused")
+            } else if link.is_none() && quarantined_until.is_some() {
+                Some("quarantined")
             } else if link.is_none() {
                 Some("peer offline")
             } else {
@@ -69,8 +83,8 @@ impl Replica {
             };
             peers.push(json!({
                 "id": id,
-                "name": m.name,
-                "role": m.role,
+                "name": name,
+                "role": role,
                 "connected": link.is_some(),
                 "connected_since": connected_since,
                 "last_heard": self.last_heard.get(&peer).map(|t| iso_time(wall_ms(*t))),
@@ -78,6 +92,8 @@ impl Replica {
                 "pending_out": pending,
                 "ignored_there": ignored_there,
                 "waiting_because": why,
+                "quarantined_until": quarantined_until,
+                "last_fault": last_fault,
             }));
         }
         let conflicts = self.conflicts().len();

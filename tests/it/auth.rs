@@ -296,7 +296,8 @@ fn nobody_writes_under_another_members_actor() {
         client.send(&edit_as(&docs, ticket.folder, &owner_id, Some(&key), "forged by a member\n")).await;
         expect_dropped(&mut client, "a change under the owner's actor").await;
         client.close().await;
-        // Its own actor, unsigned.
+        // Another member, its own actor, unsigned (the first one is quarantined now).
+        let key = SecretKey::generate();
         let mut client = Client::connect_as(&ticket, key.clone()).await;
         let docs = join_and_fetch(&mut client, &ticket).await;
         let me = *key.public().as_bytes();

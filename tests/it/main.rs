@@ -11,6 +11,7 @@ mod auth;
 mod binary;
 mod capabilities;
 mod daemon;
+mod garbage;
 mod harness;
 mod history;
 mod hostile;

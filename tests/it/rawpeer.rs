@@ -86,6 +86,17 @@ impl Client {
         Self { endpoint, conn, send, recv: Recorder { inner: recv, seen: Vec::new() } }
     }
 
+    /// A new connection and sync stream to the ticket's sharer from `endpoint` (the same
+    /// node id as before).
+    pub async fn reconnect(endpoint: Endpoint, ticket: &Ticket) -> Self {
+        let conn = tokio::time::timeout(deadline(), endpoint.connect(ticket.addr.clone(), ALPN))
+            .await
+            .expect("connecting to the sharer timed out")
+            .expect("connect to the sharer");
+        let (send, recv) = conn.open_bi().await.expect("open the sync stream");
+        Self { endpoint, conn, send, recv: Recorder { inner: recv, seen: Vec::new() } }
+    }
+
     /// A loopback-only endpoint with `key`, connected to the ticket's sharer.
     pub async fn dial(ticket: &Ticket, key: SecretKey) -> (Endpoint, Connection) {
         let endpoint = Endpoint::builder(presets::Minimal)

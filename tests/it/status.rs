@@ -53,7 +53,7 @@ fn violations(schema: &Value, v: &Value, at: &str, out: &mut Vec<String>) {
     }
 }
 
-fn check_schema(v: &Value) {
+pub fn check_schema(v: &Value) {
     let schema: Value =
         serde_json::from_str(include_str!("../../docs/status.schema.json")).expect("the schema is JSON");
     let mut out = Vec::new();
