@@ -107,14 +107,6 @@ struct Fault {
     strikes: u32,
 }
 
-/// Changes from one peer for one document that wait for a dependency (see
-/// [`intake::MAX_QUEUED_CHANGES`]).
-#[derive(Default, Clone, Copy)]
-struct Queued {
-    changes: u64,
-    bytes: u64,
-}
-
 /// An authenticated session with a peer, as the replica sees it.
 pub struct Session {
     /// The peer.
@@ -263,7 +255,7 @@ pub struct Replica {
     /// Peers that sent hostile or broken data, and until when they are refused.
     faults: HashMap<EndpointId, Fault>,
     /// Changes waiting for a dependency, per peer and document.
-    queued: HashMap<(EndpointId, DocId), Queued>,
+    waiting: intake::Waiting<EndpointId, DocId>,
 }
 
 /// The rendered tree, recomputed only when the folder document changed or a file
@@ -409,7 +401,7 @@ impl Replica {
             retry_at: None,
             received_whole: HashMap::new(),
             faults: HashMap::new(),
-            queued: HashMap::new(),
+            waiting: intake::Waiting::default(),
         })
     }
 
@@ -801,23 +793,9 @@ impl Replica {
             fork = std::mem::take(after.doc_mut());
         }
         // Changes whose dependencies have not arrived wait in memory: bounded per peer.
-        if fork.get_missing_deps(&[]).is_empty() {
-            self.queued.retain(|(_, d), _| *d != doc);
-        } else {
-            let q = self.queued.get(&(peer, doc)).copied().unwrap_or_default();
-            let q = Queued { changes: q.changes + payload.changes, bytes: q.bytes + data.len() as u64 };
-            if q.changes > intake::MAX_QUEUED_CHANGES || q.bytes > intake::MAX_QUEUED_BYTES {
-                return self.quarantine(
-                    peer,
-                    format!(
-                        "changes to document {}: over {} changes or {} bytes waiting for missing dependencies",
-                        doc.short(),
-                        intake::MAX_QUEUED_CHANGES,
-                        intake::MAX_QUEUED_BYTES
-                    ),
-                );
-            }
-            self.queued.insert((peer, doc), q);
+        let waiting = !fork.get_missing_deps(&[]).is_empty();
+        if let Err(why) = self.waiting.admit(peer, doc, &payload, data.len(), waiting, &self.tuning.intake) {
+            return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
         }
         let pre_text = self.files.get(&doc).and_then(|f| f.text());
         let after = fork.get_heads();
