@@ -25,6 +25,8 @@
 //! limit (8 MiB) with a long history is a few tens of MiB inflated and ops counted in the
 //! tens of millions at most.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -53,7 +55,7 @@ const BUNDLE: u8 = 3;
 /// Column specification bit: the column is DEFLATE'd.
 const DEFLATE_BIT: u32 = 0b1000;
 
-/// The caps [`inspect`] enforces.
+/// The caps [`inspect`] and [`Waiting`] enforce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Payload bytes, inflated.
@@ -62,6 +64,10 @@ pub struct Limits {
     pub max_changes: u64,
     /// Operations in the payload.
     pub max_ops: u64,
+    /// Changes from one peer waiting for dependencies, per document.
+    pub max_waiting_changes: u64,
+    /// Bytes of those.
+    pub max_waiting_bytes: u64,
 }
 
 impl Default for Limits {
@@ -70,6 +76,8 @@ impl Default for Limits {
             max_bytes: MAX_DOC_BYTES,
             max_changes: MAX_CHANGES_PER_PAYLOAD,
             max_ops: MAX_OPS_PER_PAYLOAD,
+            max_waiting_changes: MAX_QUEUED_CHANGES,
+            max_waiting_bytes: MAX_QUEUED_BYTES,
         }
     }
 }
@@ -107,6 +115,59 @@ pub enum Refusal {
     /// Not Automerge data, or not data teatime sends.
     #[error("not Automerge changes: {0}")]
     Malformed(&'static str),
+    /// Too many changes from the peer wait for dependencies that have not arrived.
+    #[error("over {changes} changes or {bytes} bytes waiting for missing dependencies")]
+    TooManyWaiting {
+        /// The cap on changes.
+        changes: u64,
+        /// The cap on bytes.
+        bytes: u64,
+    },
+}
+
+/// Changes that wait in Automerge's memory for dependencies that have not arrived,
+/// counted per peer (`P`) and document (`D`), so that no peer can grow that queue without
+/// bound. Counts are upper bounds: a document's counts are dropped only once nothing of it
+/// waits any more.
+#[derive(Debug)]
+pub struct Waiting<P, D> {
+    counts: HashMap<(P, D), (u64, u64)>,
+}
+
+impl<P, D> Default for Waiting<P, D> {
+    fn default() -> Self {
+        Waiting { counts: HashMap::new() }
+    }
+}
+
+impl<P: Hash + Eq + Copy, D: Hash + Eq + Copy> Waiting<P, D> {
+    /// `peer`'s `payload` (of `bytes` bytes) was loaded into `doc` on a fork; `waiting`
+    /// says whether the fork still lacks dependencies. Refuses if that takes the peer over
+    /// the caps (the caller then drops the fork); otherwise records it.
+    pub fn admit(
+        &mut self,
+        peer: P,
+        doc: D,
+        payload: &Payload,
+        bytes: usize,
+        waiting: bool,
+        limits: &Limits,
+    ) -> Result<(), Refusal> {
+        if !waiting {
+            self.counts.retain(|(_, d), _| *d != doc);
+            return Ok(());
+        }
+        let (changes, held) = self.counts.get(&(peer, doc)).copied().unwrap_or_default();
+        let (changes, held) = (changes.saturating_add(payload.changes), held.saturating_add(bytes as u64));
+        if changes > limits.max_waiting_changes || held > limits.max_waiting_bytes {
+            return Err(Refusal::TooManyWaiting {
+                changes: limits.max_waiting_changes,
+                bytes: limits.max_waiting_bytes,
+            });
+        }
+        self.counts.insert((peer, doc), (changes, held));
+        Ok(())
+    }
 }
 
 type R<T> = Result<T, Refusal>;
@@ -650,6 +711,26 @@ mod tests {
         assert!(err.contains("panicked"), "{err}");
         let mut doc = text_doc("hello\n", 2);
         let _ = decode_isolated(|| doc.load_incremental(bytes));
+    }
+
+    #[test]
+    fn changes_waiting_for_dependencies_are_capped_per_peer_and_cleared_once_applied() {
+        let limits = Limits { max_waiting_changes: 3, max_waiting_bytes: 100, ..Limits::default() };
+        let one = Payload { changes: 1, ..Payload::default() };
+        let mut w = Waiting::default();
+        for _ in 0..3 {
+            w.admit('a', 1, &one, 10, true, &limits).unwrap();
+        }
+        // Another peer, another document: counted apart.
+        w.admit('b', 1, &one, 10, true, &limits).unwrap();
+        w.admit('a', 2, &one, 10, true, &limits).unwrap();
+        let over = w.admit('a', 1, &one, 10, true, &limits).unwrap_err();
+        assert!(matches!(over, Refusal::TooManyWaiting { .. }), "{over}");
+        assert!(w.admit('b', 1, &one, 91, true, &limits).is_err(), "over the byte cap");
+        // The dependencies arrived: nothing of document 1 waits, its counts go.
+        w.admit('b', 1, &one, 10, false, &limits).unwrap();
+        w.admit('a', 1, &one, 10, true, &limits).unwrap();
+        assert!(w.admit('a', 2, &Payload { changes: 3, ..one }, 10, true, &limits).is_err());
     }
 
     #[test]

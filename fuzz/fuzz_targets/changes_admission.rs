@@ -21,7 +21,13 @@ use teatime_crdt::automerge::{ActorId, AutoCommit};
 use teatime_fuzz::intake::{self, Limits};
 
 /// Small caps, so that what passes them is cheap to load.
-const LIMITS: Limits = Limits { max_bytes: 1 << 20, max_changes: 10_000, max_ops: 200_000 };
+const LIMITS: Limits = Limits {
+    max_bytes: 1 << 20,
+    max_changes: 10_000,
+    max_ops: 200_000,
+    max_waiting_changes: 10_000,
+    max_waiting_bytes: 1 << 20,
+};
 
 thread_local! {
     /// A document with a little history, to load changes into.

@@ -119,14 +119,6 @@ struct Fault {
     strikes: u32,
 }
 
-/// Changes from one peer for one document that wait for a dependency (see
-/// [`intake::MAX_QUEUED_CHANGES`]).
-#[derive(Default, Clone, Copy)]
-struct Queued {
-    changes: u64,
-    bytes: u64,
-}
-
 /// An authenticated session with a peer, as the replica sees it.
 pub struct Session {
     /// The peer.
@@ -295,7 +287,7 @@ pub struct Replica {
     /// Peers that sent hostile or broken data, and until when they are refused.
     faults: HashMap<EndpointId, Fault>,
     /// Changes waiting for a dependency, per peer and document.
-    queued: HashMap<(EndpointId, DocId), Queued>,
+    waiting: intake::Waiting<EndpointId, DocId>,
 }
 
 /// The rendered tree, recomputed only when the folder document changed or a file
@@ -444,7 +436,7 @@ impl Replica {
             retry_at: None,
             received_whole: HashMap::new(),
             faults: HashMap::new(),
-            queued: HashMap::new(),
+            waiting: intake::Waiting::default(),
             key,
             unsaved_signatures: HashMap::new(),
             parked: Vec::new(),
@@ -830,7 +822,7 @@ impl Replica {
             Ok(p) => p,
             Err(why) => return self.quarantine(peer, format!("changes to document {}: {why}", doc.short())),
         };
-        let incoming = match intake::decode_isolated(|| self.incoming(doc, &data)) {
+        let mut incoming = match intake::decode_isolated(|| self.incoming(doc, &data)) {
             Ok(Ok(i)) => i,
             Ok(Err(why)) | Err(why) => {
                 return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
@@ -852,6 +844,23 @@ impl Replica {
                 return;
             }
         };
+        // Changes whose dependencies have not arrived wait in memory: bounded per peer.
+        let waiting = match &mut incoming.apply {
+            Apply::Changes(changes) => {
+                let batch: HashSet<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
+                let deps: Vec<ChangeHash> = changes
+                    .iter()
+                    .flat_map(|c| c.deps().iter().copied())
+                    .filter(|h| !batch.contains(h))
+                    .collect();
+                let d = self.doc_mut(doc);
+                !d.get_missing_deps(&deps).is_empty() || !d.get_missing_deps(&[]).is_empty()
+            }
+            Apply::Replace(whole) => !whole.get_missing_deps(&[]).is_empty(),
+        };
+        if let Err(why) = self.waiting.admit(peer, doc, &payload, data.len(), waiting, &self.tuning.intake) {
+            return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
+        }
         self.unsaved_signatures.extend(kept);
         let pre_text = self.files.get(&doc).and_then(|f| f.text());
         let d = self.doc_mut(doc);
@@ -866,27 +875,7 @@ impl Replica {
         if let Ok(Err(why)) | Err(why) = applied {
             return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
         }
-        // Changes whose dependencies have not arrived wait in memory: bounded per peer.
-        let d = self.doc_mut(doc);
-        let after = d.get_heads();
-        if d.get_missing_deps(&[]).is_empty() {
-            self.queued.retain(|(_, d), _| *d != doc);
-        } else {
-            let q = self.queued.get(&(peer, doc)).copied().unwrap_or_default();
-            let q = Queued { changes: q.changes + payload.changes, bytes: q.bytes + data.len() as u64 };
-            if q.changes > intake::MAX_QUEUED_CHANGES || q.bytes > intake::MAX_QUEUED_BYTES {
-                return self.quarantine(
-                    peer,
-                    format!(
-                        "changes to document {}: over {} changes or {} bytes waiting for missing dependencies",
-                        doc.short(),
-                        intake::MAX_QUEUED_CHANGES,
-                        intake::MAX_QUEUED_BYTES
-                    ),
-                );
-            }
-            self.queued.insert((peer, doc), q);
-        }
+        let after = self.doc_mut(doc).get_heads();
         if before.is_empty() && !after.is_empty() {
             self.received_whole.insert(doc, (after.clone(), data));
         }
