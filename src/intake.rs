@@ -17,9 +17,8 @@
 //! inflated bytes); DEFLATE'd data is inflated with a budget and never beyond it; the rows
 //! every column declares are counted (a run counts as its length) and capped. Bundles,
 //! which teatime never sends, are refused. Only then does the replica hand the bytes to
-//! Automerge, on a fork of the document and behind `catch_unwind` (see
-//! [`decode_isolated`]), so a panic inside Automerge costs the peer its session, not the
-//! node.
+//! Automerge, behind `catch_unwind` (see [`decode_isolated`]), so a panic inside
+//! Automerge costs the peer its session, not the node.
 //!
 //! The caps are far above what an honest peer sends: a whole document at the default text
 //! limit (8 MiB) with a long history is a few tens of MiB inflated and ops counted in the
@@ -141,9 +140,9 @@ impl<P, D> Default for Waiting<P, D> {
 }
 
 impl<P: Hash + Eq + Copy, D: Hash + Eq + Copy> Waiting<P, D> {
-    /// `peer`'s `payload` (of `bytes` bytes) was loaded into `doc` on a fork; `waiting`
-    /// says whether the fork still lacks dependencies. Refuses if that takes the peer over
-    /// the caps (the caller then drops the fork); otherwise records it.
+    /// `peer`'s `payload` (of `bytes` bytes) is about to be applied to `doc`; `waiting`
+    /// says whether it (or the document) lacks dependencies. Refuses if that takes the
+    /// peer over the caps (the caller then drops the payload); otherwise records it.
     pub fn admit(
         &mut self,
         peer: P,
@@ -513,8 +512,8 @@ fn rows(kind: u32, data: &[u8], cap: u64) -> Option<R<u64>> {
 }
 
 /// Runs `decode` (Automerge decoding a peer's bytes) so that a panic inside it becomes an
-/// error instead of unwinding through the replica. The caller runs it on a fork of the
-/// document and throws the fork away on failure, so no half-applied state survives.
+/// error instead of unwinding through the replica. The caller parses before it applies,
+/// so a panic while parsing leaves the document untouched.
 pub fn decode_isolated<T>(decode: impl FnOnce() -> T) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(decode)).map_err(|panic| {
         let what = panic
