@@ -1007,7 +1007,13 @@ fn init_logging(file: Option<&Path>) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the log file {}", path.display()))?;
             builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        // Colours only for a person at a terminal: a file, a pipe or journald (the
+        // systemd units) would get escape codes in every line.
+        None => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).with_writer(std::io::stderr).init()
+        }
     }
     Ok(())
 }
