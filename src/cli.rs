@@ -12,7 +12,7 @@ use iroh::RelayUrl;
 use crate::control::{self, Request, Response};
 use crate::daemon::DaemonRequest;
 use crate::home::{Home, default_name};
-use crate::net::endpoint::NetworkMode;
+use crate::net::endpoint::{self, NetworkMode};
 use crate::node::{self, NodeOptions, Start};
 use crate::ticket::{Grant, Ticket};
 
@@ -34,6 +34,11 @@ struct Cli {
     /// in lan and loopback modes [default: the config file's `relay`].
     #[arg(long, env = "TEATIME_RELAY", global = true)]
     relay: Option<RelayUrl>,
+    /// PEM certificates to trust for the relay's TLS besides the public roots: a relay
+    /// with a private CA or a self-signed certificate [default: the config file's
+    /// `relay_ca`].
+    #[arg(long, env = "TEATIME_RELAY_CA", global = true)]
+    relay_ca: Option<PathBuf>,
     /// This node's name as peers see it (default: the host name).
     #[arg(long, env = "TEATIME_NAME", global = true)]
     name: Option<String>,
@@ -525,10 +530,18 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let relay_ca = cli.relay_ca.or(config.relay_ca.clone());
+    let relay = match relay_options(cli.relay.or(config.relay.clone()), relay_ca) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = NodeOptions {
         home,
         network: cli.network.or(config.network).unwrap_or(NetworkMode::Internet),
-        relay: cli.relay.or(config.relay.clone()),
+        relay,
         name: cli.name.unwrap_or_else(default_name),
         tuning: config.tuning(),
     };
@@ -581,6 +594,18 @@ enum Output {
 impl Output {
     fn pick(json: bool, human: Output) -> Output {
         if json { Output::Json } else { human }
+    }
+}
+
+/// The relay settings: a CA without a relay is a mistake worth saying.
+fn relay_options(url: Option<RelayUrl>, ca: Option<PathBuf>) -> anyhow::Result<Option<endpoint::Relay>> {
+    match (url, ca) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => anyhow::bail!("--relay-ca (relay_ca) needs a --relay (relay)"),
+        (Some(url), ca) => {
+            let ca = ca.as_deref().map(endpoint::load_ca).transpose()?.unwrap_or_default();
+            Ok(Some(endpoint::Relay { url, ca }))
+        }
     }
 }
 
@@ -989,7 +1014,13 @@ fn init_logging(file: Option<&Path>) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the log file {}", path.display()))?;
             builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        // Colours only for a person at a terminal: a file, a pipe or journald (the
+        // systemd units) would get escape codes in every line.
+        None => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).with_writer(std::io::stderr).init()
+        }
     }
     Ok(())
 }
@@ -1071,7 +1102,29 @@ fn unshare(home: Option<PathBuf>, dir: &Path) -> ExitCode {
 mod tests {
     use clap::CommandFactory;
 
-    use super::{Cli, defang, defanged};
+    use super::{Cli, defang, defanged, relay_options};
+
+    /// `--relay-ca` reads PEM certificates for the relay, and is refused without a relay
+    /// or without a certificate in the file.
+    #[test]
+    fn a_relay_ca_is_read_and_needs_a_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nAAECAw==\n-----END CERTIFICATE-----\n").unwrap();
+        let url: iroh::RelayUrl = "http://192.0.2.1:3340".parse().unwrap();
+        let relay = relay_options(Some(url.clone()), Some(pem.clone())).unwrap().unwrap();
+        assert_eq!(relay.ca.len(), 1);
+        assert_eq!(relay.ca[0].as_ref(), &[0, 1, 2, 3]);
+        assert!(relay_options(Some(url.clone()), None).unwrap().unwrap().ca.is_empty());
+        assert!(relay_options(None, None).unwrap().is_none());
+        let err = format!("{:#}", relay_options(None, Some(pem)).unwrap_err());
+        assert!(err.contains("--relay"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = format!("{:#}", relay_options(Some(url.clone()), Some(empty)).unwrap_err());
+        assert!(err.contains("no certificate"), "{err}");
+        assert!(relay_options(Some(url), Some(dir.path().join("missing.pem"))).is_err());
+    }
 
     /// Peer-chosen strings cannot drive the terminal or reorder text.
     #[test]

@@ -4,6 +4,7 @@
 //! ```toml
 //! network = "internet"      # internet | lan | loopback
 //! relay = "https://relay.example.org"
+//! relay_ca = "/etc/teatime/relay-ca.pem"   # trust a relay's private CA (or self-signed cert)
 //! debounce_ms = 20          # quiet time after a file event before looking
 //! rescan_secs = 3600        # full rescan behind the watcher (0: never)
 //! text_limit = 8388608      # bytes; for folders that do not set `text-limit` themselves
@@ -31,6 +32,8 @@ pub struct Config {
     pub network: Option<NetworkMode>,
     /// Default relay.
     pub relay: Option<RelayUrl>,
+    /// PEM certificates to trust for the relay's TLS (a private CA).
+    pub relay_ca: Option<std::path::PathBuf>,
     /// Watcher debounce, ms.
     pub debounce_ms: Option<u64>,
     /// Periodic full rescan, s (0: never).

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use automerge::ActorId;
-use iroh::RelayUrl;
 use iroh::protocol::Router;
 use teatime_crdt::DocId;
 use teatime_crdt::path::STATE_DIR;
@@ -51,8 +50,8 @@ pub struct NodeOptions {
     pub home: PathBuf,
     /// Network mode.
     pub network: NetworkMode,
-    /// A self-hosted relay.
-    pub relay: Option<RelayUrl>,
+    /// A self-hosted relay (and the certificates to trust for it).
+    pub relay: Option<endpoint::Relay>,
     /// Display name.
     pub name: String,
     /// Pacing for every folder (from the config file).

@@ -11,12 +11,16 @@
 //! as an online one and still reaches peers on direct addresses.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use iroh::endpoint::{PortmapperConfig, QuicTransportConfig, presets};
+use iroh::tls::CaTlsConfig;
 use iroh::{Endpoint, RelayMap, RelayMode, RelayUrl, SecretKey};
 use iroh_mdns_address_lookup::MdnsAddressLookup;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use tracing::{debug, warn};
 
 use super::wire::ALPN;
@@ -53,11 +57,32 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// so they only look at each other, not at every iroh application on the network.
 const MDNS_SERVICE: &str = "teatime";
 
+/// A self-hosted relay: its URL, and the certificates to trust for its TLS besides the
+/// public roots (a relay with a private CA or a self-signed certificate).
+#[derive(Debug, Clone)]
+pub struct Relay {
+    /// Where it is.
+    pub url: RelayUrl,
+    /// Extra trust anchors for TLS to it: its HTTPS and its QUIC address discovery (which
+    /// always uses TLS, even for an `http://` relay, and is how a node behind a NAT learns
+    /// the public address hole punching needs).
+    pub ca: Vec<CertificateDer<'static>>,
+}
+
+/// Reads the PEM certificates of `--relay-ca`.
+pub fn load_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading certificates from {}", path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", path.display());
+    Ok(certs)
+}
+
 /// Binds the endpoint. `port` is tried first (so saved peer addresses stay valid across
 /// restarts), then any free port.
 pub async fn bind(
     mode: NetworkMode,
-    relay: Option<&RelayUrl>,
+    relay: Option<&Relay>,
     key: SecretKey,
     port: Option<u16>,
 ) -> Result<Endpoint> {
@@ -88,7 +113,7 @@ fn transport_config() -> Result<QuicTransportConfig> {
         .build())
 }
 
-async fn bind_on(mode: NetworkMode, relay: Option<&RelayUrl>, key: SecretKey, port: u16) -> Result<Endpoint> {
+async fn bind_on(mode: NetworkMode, relay: Option<&Relay>, key: SecretKey, port: u16) -> Result<Endpoint> {
     let builder = match mode {
         NetworkMode::Internet => Endpoint::builder(presets::N0),
         NetworkMode::Lan | NetworkMode::Loopback => Endpoint::builder(presets::Minimal)
@@ -109,8 +134,11 @@ async fn bind_on(mode: NetworkMode, relay: Option<&RelayUrl>, key: SecretKey, po
         _ => builder,
     };
     // A self-hosted relay replaces n0's in internet mode, and is the only relay in the others.
-    if let Some(url) = relay {
-        builder = builder.relay_mode(RelayMode::Custom(RelayMap::from(url.clone())));
+    if let Some(relay) = relay {
+        builder = builder.relay_mode(RelayMode::Custom(RelayMap::from(relay.url.clone())));
+        if !relay.ca.is_empty() {
+            builder = builder.ca_tls_config(CaTlsConfig::embedded().with_extra_roots(relay.ca.clone()));
+        }
     }
     Ok(builder.bind().await?)
 }
@@ -134,6 +162,6 @@ fn add_mdns(ep: &Endpoint) {
 }
 
 /// Whether a ticket should wait for a relay before it is printed (so it names the relay).
-pub fn uses_relay(mode: NetworkMode, relay: Option<&RelayUrl>) -> bool {
+pub fn uses_relay(mode: NetworkMode, relay: Option<&Relay>) -> bool {
     mode == NetworkMode::Internet || relay.is_some()
 }

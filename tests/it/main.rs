@@ -17,6 +17,7 @@ mod history;
 mod hostile;
 mod ignore;
 mod locks;
+mod logs;
 mod netns;
 mod policy;
 mod races;
