@@ -115,10 +115,36 @@ impl FileDoc {
         if base == current.as_slice() || !base_known {
             return self.ingest(content, deadline, at_ms);
         }
-        self.doc.isolate(base);
+        let base = self.with_own_changes(base);
+        if self.doc.get_changes_meta(&base).is_empty() {
+            return self.ingest(content, deadline, at_ms);
+        }
+        self.doc.isolate(&base);
         let result = self.ingest(content, deadline, at_ms);
         self.doc.integrate();
         result
+    }
+
+    /// `base` plus the latest change this replica's actor made, when `base` does not cover
+    /// it. The content always holds this replica's own changes: every one of them was
+    /// ingested from the file, or written to it before the file is read again. A base that
+    /// lacks one (an index persisted before a crash, older than the documents) must not
+    /// make the edit be applied a second time, concurrently with itself. And Automerge
+    /// writes a change isolated at heads that lack its actor's latest change under a
+    /// derived actor (its "concurrency" actor: magic bytes, a level, then the actor),
+    /// which is no member's actor: peers would refuse it as forged.
+    fn with_own_changes(&mut self, base: &[ChangeHash]) -> Vec<ChangeHash> {
+        let me = self.doc.get_actor().clone();
+        let own = self
+            .doc
+            .get_changes_meta(base)
+            .into_iter()
+            .filter(|m| *m.actor == me)
+            .max_by_key(|m| m.seq)
+            .map(|m| m.hash);
+        let mut out = base.to_vec();
+        out.extend(own);
+        out
     }
 
     /// Makes the document hold `content` by the smallest splices found before
@@ -273,6 +299,24 @@ mod tests {
         let now = a.heads();
         a.ingest_from("ONE\ntwo\nTHREE\nfour\n", &now, later(), 0).unwrap();
         assert_eq!(a.text().unwrap(), "ONE\ntwo\nTHREE\nfour\n");
+    }
+
+    #[test]
+    fn an_edit_from_a_base_older_than_our_own_change_neither_doubles_it_nor_changes_actor() {
+        // Found by the simulator (seed 4): the index was persisted before a crash, older
+        // than the documents, so the file's base lacked our own last edit.
+        let mut a = FileDoc::create(actor(1), "one\n", 0).unwrap();
+        let old_base = a.heads();
+        a.ingest("one\ntwo\n", later(), 0).unwrap(); // our edit, persisted, never indexed
+        let mut b = FileDoc::from_doc(AutoCommit::load(&a.doc_mut().save()).unwrap().with_actor(actor(2)));
+        b.ingest("zero\none\ntwo\n", later(), 0).unwrap();
+        a.doc_mut().merge(b.doc_mut()).unwrap();
+        // The file holds our edit and one more line, typed against the old base.
+        assert!(a.ingest_from("one\ntwo\nthree\n", &old_base, later(), 0).unwrap());
+        assert_eq!(a.text().unwrap(), "zero\none\ntwo\nthree\n", "no line applied twice");
+        let actors: std::collections::BTreeSet<ActorId> =
+            a.doc_mut().get_changes(&[]).iter().map(|c| c.actor_id().clone()).collect();
+        assert_eq!(actors, [actor(1), actor(2)].into_iter().collect(), "no derived actor");
     }
 
     #[test]
