@@ -113,17 +113,15 @@ impl Replica {
         let tickets = local::tickets(&self.store).map_err(|e| format!("{e:#}"))?;
         let t = tickets.into_iter().find(|t| &t.id == id).ok_or("unknown ticket")?;
         t.check(now_ms()).map_err(|e| e.to_string())?;
-        if !self.may_admit(t.grant) {
+        if !self.may_admit() {
             return Err("the ticket's issuer may no longer admit members".into());
         }
         Ok(t)
     }
 
-    /// Whether this node's role lets it admit a member with `grant`.
-    fn may_admit(&self, grant: Grant) -> bool {
-        // A writer may bring in writers and readers (its ticket's grant never exceeds what
-        // a writer may record: see `policy::check_folder_change`); only the owner more.
-        let _ = grant;
+    /// Whether this node's role lets it admit members. A writer may bring in writers and
+    /// readers: no grant exceeds what a writer may record (`policy::check_folder_change`).
+    fn may_admit(&self) -> bool {
         self.folder.is_ready() && matches!(self.my_role(), Role::Owner | Role::Writer)
     }
 
@@ -176,7 +174,7 @@ impl Replica {
         uses: Option<u32>,
         standing: bool,
     ) -> Result<String, String> {
-        if !self.may_admit(grant) {
+        if !self.may_admit() {
             return Err(format!("a {} may not invite members", self.my_role().as_str()));
         }
         let now = now_ms();
