@@ -285,11 +285,13 @@ impl Replica {
         self.guards.store_error.is_some()
     }
 
-    /// Before a write to the store: reopens it if an earlier write failed.
-    pub(super) fn store_usable(&mut self) -> bool {
-        if self.guards.store_error.is_none() {
-            return true;
-        }
+    /// Before a write to the store: false while an earlier write failed (the poll
+    /// reopens it, with backoff, once the disk has room).
+    pub(super) fn store_usable(&self) -> bool {
+        self.guards.store_error.is_none()
+    }
+
+    fn reopen_store(&mut self) -> bool {
         match self.store.reopen() {
             Ok(()) => {
                 info!("state database reopened after a failed write");
@@ -341,7 +343,7 @@ impl Replica {
         if self.guards.disk.is_some() {
             self.disk_has_room();
         }
-        if self.guards.store_error.is_some() && self.store_usable() {
+        if self.guards.store_error.is_some() && self.guards.disk.is_none() && self.reopen_store() {
             // Whatever failed to persist is still dirty: the flush after this poll saves it.
             self.everything_to_write();
         }
