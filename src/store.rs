@@ -401,4 +401,16 @@ mod tests {
         s.commit(Batch { snapshots: vec![(id, b"snap2".to_vec())], ..Default::default() }).unwrap();
         assert_eq!(s.load().unwrap().docs, vec![(id, b"snap2".to_vec(), vec![])]);
     }
+
+    #[test]
+    fn reopen_keeps_what_was_committed_and_takes_writes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = DocId([9; 16]);
+        let mut s = Store::open(&dir.path().join("state.redb")).unwrap();
+        s.commit(Batch { snapshots: vec![(id, b"snap".to_vec())], ..Default::default() }).unwrap();
+        s.reopen().unwrap();
+        assert!(s.wants_snapshot(id), "chunk counts are forgotten: the next save is whole");
+        s.commit(Batch { changes: vec![(id, b"c0".to_vec())], ..Default::default() }).unwrap();
+        assert_eq!(s.load().unwrap().docs, vec![(id, b"snap".to_vec(), vec![b"c0".to_vec()])]);
+    }
 }
