@@ -202,11 +202,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Receive-only folders: undo the local changes
+    /// Undo the local changes held back (receive-only, locks, a mass deletion)
     ///
-    /// Everything changed here goes back to the synced state; the local versions are
-    /// kept in DIR/.teatime/versions/.
+    /// Everything changed here and held goes back to the synced state (deleted files are
+    /// written back from their documents); the local versions are kept in
+    /// DIR/.teatime/versions/.
     Revert {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// Spread the deletions the mass-delete breaker holds
+    ///
+    /// When a scan deletes many files at once (`mass-delete-percent` of them and at
+    /// least `mass-delete-min`), nothing spreads until this (or `revert`, which writes
+    /// them back).
+    ConfirmDelete {
         /// The folder.
         dir: PathBuf,
     },
@@ -472,6 +482,9 @@ pub fn main() -> ExitCode {
         Command::Resume { dir } => return command(cli.home, cli.name, &dir, Request::Resume, Output::Plain),
         Command::Revert { dir } => {
             return command(cli.home, cli.name, &dir, Request::Revert, Output::Plain);
+        }
+        Command::ConfirmDelete { dir } => {
+            return command(cli.home, cli.name, &dir, Request::ConfirmDelete, Output::Plain);
         }
         Command::Peers { action: None, dir, json } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));
@@ -909,6 +922,9 @@ fn print_status(v: &serde_json::Value) {
         "not running (start it with `teatime sync` or the daemon)"
     };
     println!("  {state}; {} files; mode {}; role {}", v["files"], s(&v["mode"]), s(&v["role"]));
+    for p in v["problems"].as_array().into_iter().flatten() {
+        println!("  stopped: {}", s(&p["message"]));
+    }
     for p in v["peers"].as_array().into_iter().flatten() {
         let link = if p["connected"] == true {
             let path = &p["path"];

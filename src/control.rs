@@ -61,6 +61,9 @@ pub enum Request {
     /// Puts everything changed locally and held back (receive-only) back to the synced
     /// state.
     Revert,
+    /// Records the local deletions the mass-delete breaker holds (and any other the
+    /// disk shows), so they spread.
+    ConfirmDelete,
     /// Takes an advisory lock on a file (path relative to the folder).
     Lock(String),
     /// Releases an advisory lock.
@@ -145,6 +148,13 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("join-approval", "folder", "on | off: joins wait for `teatime approve`"),
     ("tracking", "this peer", "all | whitelist"),
     ("mode", "this peer", "send-receive | send-only | receive-only"),
+    (
+        "mass-delete-percent",
+        "this peer",
+        "1-100 | off: hold local deletions reaching this share of the files (default 50)",
+    ),
+    ("mass-delete-min", "this peer", "files: ...and at least this many (default 10)"),
+    ("min-disk-free", "this peer", "bytes | N%: write nothing below this free space (default 1%)"),
 ];
 
 /// The answer: a JSON value, or a one-line error.

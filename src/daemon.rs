@@ -31,6 +31,9 @@ use crate::ticket::{Grant, Ticket};
 pub const SOCKET: &str = "daemon.sock";
 const LOCK: &str = "daemon.lock";
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// First and longest wait before trying again a folder that could not start.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A request to the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,11 +71,15 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
     fs::create_dir_all(&home_dir).with_context(|| format!("creating home {}", home_dir.display()))?;
     let _lock = lock_home(&home_dir)?;
     let mut node = Node::start(opts).await?;
+    // Folders that could not start (a disk not mounted yet) are tried again, with backoff.
+    let mut waiting = Vec::new();
     for folder in node.home().folders() {
         if let Err(e) = node.open_folder(&folder, Start::Sync).await {
-            warn!("not syncing {}: {e:#}", folder.display());
+            warn!("not syncing {} for now (tried again later): {e:#}", folder.display());
+            waiting.push(folder);
         }
     }
+    let mut retry_in = RETRY_FIRST;
     let (tx, mut rx) = mpsc::channel::<(DaemonRequest, oneshot::Sender<Response>)>(16);
     let socket = socket_path(&home_dir);
     let _ = fs::remove_file(&socket); // left by a killed daemon: the lock says none runs
@@ -96,6 +103,21 @@ pub async fn run(opts: NodeOptions) -> Result<()> {
             r = &mut signal => { r?; break; }
             Some((req, reply)) = rx.recv() => {
                 let _ = reply.send(handle(&mut node, req).await);
+            }
+            _ = tokio::time::sleep(retry_in), if !waiting.is_empty() => {
+                let registered = node.home().folders();
+                let mut still = Vec::new();
+                for folder in std::mem::take(&mut waiting) {
+                    if !registered.contains(&folder) || node.folders().any(|f| f == folder) {
+                        continue; // unshared, or started by a request meanwhile
+                    }
+                    match node.open_folder(&folder, Start::Sync).await {
+                        Ok(_) => info!("{} is back: syncing it", folder.display()),
+                        Err(_) => still.push(folder),
+                    }
+                }
+                waiting = still;
+                retry_in = (retry_in * 2).min(RETRY_MAX);
             }
         }
     }

@@ -92,6 +92,12 @@ impl Root {
         dir.stat(name)
     }
 
+    /// Bytes available to teatime on the folder's file system, and its size.
+    pub fn free_space(&self) -> io::Result<(u64, u64)> {
+        let st = rustix::fs::fstatvfs(&*self.fd)?;
+        Ok((st.f_bavail.saturating_mul(st.f_frsize), st.f_blocks.saturating_mul(st.f_frsize)))
+    }
+
     /// The directory holding `rel`, and `rel`'s last component.
     pub fn parent<'a>(&self, rel: &'a str) -> io::Result<(Dir, &'a str)> {
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));

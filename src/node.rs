@@ -176,6 +176,14 @@ impl Node {
         }
         self.home.check_not_nested(&root)?;
         let state_dir = root.join(STATE_DIR);
+        if matches!(start, Start::Sync) && !state_dir.is_dir() && self.home.folders().contains(&root) {
+            // Its disk is not mounted, or the directory was replaced: starting would
+            // take the empty directory for the folder.
+            bail!(
+                "{} is a shared folder but its {STATE_DIR}/ is missing (is its disk mounted?); not syncing it until it is back",
+                root.display()
+            );
+        }
         if matches!(start, Start::Sync) && !state_dir.is_dir() {
             bail!(
                 "{} is not a teatime folder yet: run `teatime share` or `teatime join` first",

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 
 use rustix::fs::FileType;
@@ -39,7 +39,7 @@ pub enum Scope {
 impl Scope {
     /// Whether `path` is one of the scope's paths or below one: a lookup per ancestor,
     /// so a burst of thousands of hinted paths stays cheap.
-    fn contains(&self, path: &str) -> bool {
+    pub fn contains(&self, path: &str) -> bool {
         match self {
             Scope::All => true,
             Scope::Paths(ps) => {
@@ -157,6 +157,9 @@ pub struct Walked {
     pub entries: BTreeMap<String, DiskEntry>,
     /// Directories that hold excluded entries.
     pub holding_excluded: BTreeSet<String>,
+    /// Directories that exist but could not be read (an I/O error, a disk going away):
+    /// what they held is unknown, not gone.
+    pub unreadable: BTreeSet<String>,
 }
 
 /// Whether a name found on disk may be published: peers would refuse it otherwise
@@ -210,8 +213,15 @@ pub fn walk(root: &Root, scope: &Scope, filter: &Filter, skipped: &mut Vec<Skipp
 fn walk_below(root: &Root, top: String, filter: &Filter, out: &mut Walked, skipped: &mut Vec<Skipped>) {
     let mut todo = vec![top];
     while let Some(rel) = todo.pop() {
-        let Ok(dir) = root.dir(&rel) else { continue };
-        let Ok(entries) = dir.entries() else { continue };
+        let entries = match root.dir(&rel).and_then(|dir| dir.entries().map(|e| (dir, e))) {
+            Ok(found) => found,
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => continue,
+            Err(_) => {
+                out.unreadable.insert(rel);
+                continue;
+            }
+        };
+        let (dir, entries) = entries;
         for (name, _) in entries {
             let Some(name) = name.to_str() else {
                 skipped.push(Skipped {
@@ -464,8 +474,13 @@ pub fn reconcile(
     let mut gone_by_hash: BTreeMap<[u8; 32], String> = BTreeMap::new();
     // Excluded index paths (e.g. a file that became ignored, or an entry moved aside
     // mid-materialisation) are never "gone": nothing is deleted because it became excluded.
-    let in_scope =
-        |path: &str, kind: EntryKind| scope.contains(path) && !filter.excludes(path, kind == EntryKind::Dir);
+    // Likewise below a directory that could not be read: its entries are unknown, not gone.
+    let unreadable = &walked.unreadable;
+    let in_scope = |path: &str, kind: EntryKind| {
+        scope.contains(path)
+            && !filter.excludes(path, kind == EntryKind::Dir)
+            && !unreadable.iter().any(|u| u.is_empty() || (is_within(path, u) && path != u))
+    };
     for (path, e) in &working {
         if in_scope(path, e.kind) && !on_disk_as(path, e.kind) {
             gone_by_ino.insert(e.stat.ino, path.clone());

@@ -128,6 +128,10 @@ pub type Index = BTreeMap<String, IndexEntry>;
 /// One folder's database.
 pub struct Store {
     db: Database,
+    /// Where it lives (to open it again after an I/O error).
+    path: std::path::PathBuf,
+    /// Set when reopening failed: the handle is a stand-in and every write is refused.
+    unavailable: bool,
     /// Next change sequence number, and chunks since the last snapshot, per document.
     chunks: HashMap<DocId, (u64, u64)>,
 }
@@ -212,7 +216,32 @@ impl Store {
             tx.open_table(t)?;
         }
         tx.commit()?;
-        Ok(Store { db, chunks: HashMap::new() })
+        Ok(Store { db, path: path.to_path_buf(), unavailable: false, chunks: HashMap::new() })
+    }
+
+    /// Closes the database and opens it again. After an I/O error (a full disk) redb
+    /// refuses every operation until it is reopened; reopening finds the last committed
+    /// transaction. Per-document chunk counts are forgotten, so each document's next save
+    /// is a whole snapshot (which also drops changes a failed commit may have left).
+    pub fn reopen(&mut self) -> Result<()> {
+        // redb locks the file per handle, so the old one must close first; an empty
+        // in-memory database stands in meanwhile, and writes are refused until the file
+        // is open again (nothing may look saved that is not).
+        self.unavailable = true;
+        let stand_in = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        drop(std::mem::replace(&mut self.db, stand_in));
+        self.chunks.clear();
+        let reopened = Store::open(&self.path)?;
+        self.db = reopened.db;
+        self.unavailable = false;
+        Ok(())
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.unavailable {
+            anyhow::bail!("{} could not be opened again after an I/O error", self.path.display());
+        }
+        Ok(())
     }
 
     /// Reads a meta value.
@@ -224,6 +253,7 @@ impl Store {
 
     /// Writes meta values in one commit.
     pub fn set_meta(&self, values: &[(&str, &[u8])]) -> Result<()> {
+        self.writable()?;
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(META)?;
@@ -275,6 +305,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
+        self.writable()?;
         let tx = self.db.begin_write()?;
         {
             let mut docs = tx.open_table(DOCS)?;
@@ -321,6 +352,7 @@ impl Store {
 
     /// Remembers where a peer was reachable.
     pub fn save_peer(&self, id: &str, addr: &[u8]) -> Result<()> {
+        self.writable()?;
         let tx = self.db.begin_write()?;
         tx.open_table(PEERS)?.insert(id, addr)?;
         tx.commit()?;
@@ -368,5 +400,17 @@ mod tests {
         assert_eq!(loaded.index["a.md"].hash, [1; 32]);
         s.commit(Batch { snapshots: vec![(id, b"snap2".to_vec())], ..Default::default() }).unwrap();
         assert_eq!(s.load().unwrap().docs, vec![(id, b"snap2".to_vec(), vec![])]);
+    }
+
+    #[test]
+    fn reopen_keeps_what_was_committed_and_takes_writes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = DocId([9; 16]);
+        let mut s = Store::open(&dir.path().join("state.redb")).unwrap();
+        s.commit(Batch { snapshots: vec![(id, b"snap".to_vec())], ..Default::default() }).unwrap();
+        s.reopen().unwrap();
+        assert!(s.wants_snapshot(id), "chunk counts are forgotten: the next save is whole");
+        s.commit(Batch { changes: vec![(id, b"c0".to_vec())], ..Default::default() }).unwrap();
+        assert_eq!(s.load().unwrap().docs, vec![(id, b"snap".to_vec(), vec![b"c0".to_vec()])]);
     }
 }

@@ -13,7 +13,8 @@ impl Replica {
         let writes_folder = matches!(
             req,
             Request::Setting { value: Some(_), .. } | Request::SetTier { .. } | Request::Resolve { .. }
-        ) && !matches!(&req, Request::Setting { key, .. } if key == "tracking" || key == "mode");
+        ) && !matches!(&req, Request::Setting { key, .. }
+            if key == "tracking" || key == "mode" || self.guard_setting(key).is_some());
         if writes_folder && !self.my_role().writes_tree() {
             return Err(format!(
                 "a {} may not change the folder's settings or members",
@@ -106,6 +107,10 @@ impl Replica {
                 self.set_paused(false)?;
                 return Ok(json!("syncing"));
             }
+            Request::ConfirmDelete => {
+                let n = self.confirm_deletions()?;
+                return Ok(json!(format!("{n} deletions recorded")));
+            }
             Request::Revert => {
                 let n = self.revert();
                 return Ok(json!(format!("{n} paths put back")));
@@ -149,7 +154,7 @@ impl Replica {
             JOIN_APPROVAL => self.folder.setting(JOIN_APPROVAL).unwrap_or_else(|| "off".into()),
             "tracking" => local::tracking(&self.store).map_err(err)?.as_str().to_string(),
             "mode" => self.mode().as_str().to_string(),
-            _ => return Err(unknown_setting(key)),
+            _ => return self.guard_setting(key).ok_or_else(|| unknown_setting(key)),
         })
     }
 
@@ -217,7 +222,10 @@ impl Replica {
                 self.reload_filter();
                 Ok(false)
             }
-            _ => Err(unknown_setting(key)),
+            _ => match self.set_guard_setting(key, value) {
+                Some(result) => result.map(|()| false),
+                None => Err(unknown_setting(key)),
+            },
         }
     }
 

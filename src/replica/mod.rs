@@ -41,6 +41,7 @@ mod admission;
 mod authorship;
 mod binary;
 mod commands;
+mod guards;
 mod history;
 mod locking;
 mod reach;
@@ -50,6 +51,7 @@ mod status;
 pub use admission::{Admission, JOIN_APPROVAL};
 use authorship::{Apply, Refusal};
 pub use authorship::{Signed, sign_change};
+pub use guards::{MASS_DELETE_MIN, MASS_DELETE_PERCENT, MIN_DISK_FREE};
 
 use crate::apply::{self, Body, Content, materialize};
 use crate::blob::{self, Fetches, Hash, Hashed, Next};
@@ -288,6 +290,8 @@ pub struct Replica {
     faults: HashMap<EndpointId, Fault>,
     /// Changes waiting for a dependency, per peer and document.
     waiting: intake::Waiting<EndpointId, DocId>,
+    /// The folder's presence, the mass-delete breaker, disk space (see [`guards`]).
+    guards: guards::Guards,
 }
 
 /// The rendered tree, recomputed only when the folder document changed or a file
@@ -397,7 +401,9 @@ impl Replica {
         let exec_was_synced = folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on");
         let paused = local::paused(&store)?;
         let mode = local::mode(&store)?;
+        let guards = guards::Guards::new(&fs, &store);
         let mut replica = Replica {
+            guards,
             mode,
             peer_filters: HashMap::new(),
             progress: Default::default(),
@@ -514,6 +520,10 @@ impl Replica {
                 let at = tokio::time::Instant::now() + FETCH_POLL;
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
+            if let Some(at) = self.guards.next_wake() {
+                let at = tokio::time::Instant::from_std(at);
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
             if self.has_backlog() {
                 let soon = tokio::time::Instant::now() + BACKLOG_POLL;
                 wake = Some(wake.map_or(soon, |w| w.min(soon)));
@@ -532,6 +542,7 @@ impl Replica {
                     }
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                    self.poll_guards();
                     if self.pending.as_ref().is_some_and(|(_, quiet, _)| *quiet <= Instant::now()) {
                         self.scan_pending();
                     }
@@ -634,6 +645,11 @@ impl Replica {
         if self.paused {
             info!(peer = %peer.fmt_short(), "refusing a session: syncing is paused");
             conn.close(5u32.into(), b"paused");
+            return;
+        }
+        if self.guards.missing.is_some() {
+            info!(peer = %peer.fmt_short(), "refusing a session: the folder is missing");
+            conn.close(5u32.into(), b"folder missing");
             return;
         }
         if let Some(fault) = self.faults.get(&peer).filter(|f| f.until > Instant::now()) {
@@ -1046,13 +1062,22 @@ impl Replica {
     }
 
     fn scan(&mut self, mut scope: Scope) {
+        // An unmounted or deleted folder looks emptied: nothing is recorded from it.
+        if !self.folder_present() {
+            return;
+        }
         if self.filter.is_stale() {
             self.reload_filter();
             scope = Scope::All;
         }
         let mut new_id = || DocId(rand::random());
         let text_limit = self.text_limit();
-        let r = scan::reconcile(&self.fs, &self.index, &scope, &self.filter, text_limit, &mut new_id);
+        let mut r = scan::reconcile(&self.fs, &self.index, &scope, &self.filter, text_limit, &mut new_id);
+        // Gone during the walk: what it saw is not what the user did.
+        if !self.folder_present() {
+            return;
+        }
+        let mut held = self.hold_mass_deletions(&mut r.ops, &scope);
         for s in r.skipped {
             if self.reported.insert(format!("{}\0{}", s.path, s.reason)) {
                 info!(path = ?s.path, "not synced: {}", s.reason);
@@ -1070,7 +1095,6 @@ impl Replica {
         let role = self.my_role();
         let mode = self.mode();
         let mut refused = BTreeSet::new();
-        let mut held = BTreeSet::new();
         for op in r.ops {
             if !policy::allows_local(role, &op) {
                 refused.extend(op.paths());
@@ -1359,12 +1383,18 @@ impl Replica {
         let mut to_send: BTreeSet<DocId> = BTreeSet::new();
         for round in 0..MAX_MATERIALIZE_ROUNDS {
             self.persist_docs(&mut to_send);
-            if self.remote_changed.is_empty() || !self.folder.is_ready() {
+            // What is not persisted is not written to the folder either (it waits for the
+            // store to take it, see `guards`).
+            if self.remote_changed.is_empty() || !self.folder.is_ready() || self.store_failed() {
                 break;
             }
             if self.mode() == Mode::SendOnly {
                 // Remote changes are kept in the documents (and relayed), not written here.
                 self.remote_changed.clear();
+                break;
+            }
+            // The folder gone, or no room: the changes wait (kept in `remote_changed`).
+            if !self.may_write() {
                 break;
             }
             // Local changes the watcher reported but the debounce still holds go first:
@@ -1413,6 +1443,7 @@ impl Replica {
                 self.errors.remove(path);
             }
             self.index_touched.extend(m.touched);
+            self.note_write_errors(&m.errors);
             if rules_changed {
                 self.reload_filter();
             }
@@ -1441,7 +1472,8 @@ impl Replica {
         }
         self.persist_index();
         self.drain_backlogs();
-        let connected: Vec<EndpointId> = self.peers.keys().copied().collect();
+        let connected: Vec<EndpointId> =
+            if self.guards.disk.is_none() { self.peers.keys().copied().collect() } else { Vec::new() };
         for (peer, frame) in self.fetches.assign(&connected) {
             self.send(peer, frame);
         }
@@ -1498,7 +1530,7 @@ impl Replica {
     }
 
     fn persist_docs(&mut self, to_send: &mut BTreeSet<DocId>) {
-        if self.dirty.is_empty() {
+        if self.dirty.is_empty() || !self.store_usable() {
             return;
         }
         let mut batch = Batch::default();
@@ -1527,6 +1559,7 @@ impl Replica {
         if let Err(e) = self.store.commit(batch) {
             // Keep them dirty: they are retried at the next flush and not sent before.
             warn!("could not persist changes: {e:#}");
+            self.note_store_error(&e);
             self.unsaved_signatures = signatures;
             self.dirty = dirty;
             for doc in &self.dirty {
@@ -1538,17 +1571,20 @@ impl Replica {
     }
 
     fn persist_index(&mut self) {
-        if self.index_touched.is_empty() {
+        if self.index_touched.is_empty() || !self.store_usable() {
             return;
         }
         let touched = std::mem::take(&mut self.index_touched);
-        let rows = touched.into_iter().map(|p| {
+        let rows = touched.iter().cloned().map(|p| {
             let e = self.index.get(&p).cloned();
             (p, e)
         });
         let batch = Batch { index: rows.collect(), ..Default::default() };
         if let Err(e) = self.store.commit(batch) {
             warn!("could not persist the index: {e:#}");
+            self.note_store_error(&e);
+            // Kept for the next try: a row not written would be stale after a restart.
+            self.index_touched.extend(touched);
         }
     }
 }

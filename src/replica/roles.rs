@@ -66,6 +66,8 @@ impl Replica {
     pub(super) fn revert(&mut self) -> usize {
         self.scan(Scope::All);
         let held = std::mem::take(&mut self.held);
+        // Held deletions are among them: written back, they are decided.
+        self.guards.held_deletions.clear();
         self.revert_paths(&held)
     }
 }

@@ -74,6 +74,8 @@ impl Replica {
             let last_fault = fault.map(|f| json!({"reason": f.reason, "at": iso_time(wall_ms(f.at))}));
             let why = if self.paused {
                 Some("paused")
+            } else if self.guards.missing.is_some() {
+                Some("folder missing")
             } else if link.is_none() && quarantined_until.is_some() {
                 Some("quarantined")
             } else if link.is_none() {
@@ -102,6 +104,9 @@ impl Replica {
             .iter()
             .map(|p| {
                 let why = match self.mode() {
+                    _ if self.guards.held_deletions.contains(p) => {
+                        "mass deletion held: `teatime confirm-delete` spreads it, `teatime revert` writes it back"
+                    }
                     Mode::ReceiveOnly => "receive-only: local change not published",
                     _ => "locked by another peer",
                 };
@@ -122,6 +127,7 @@ impl Replica {
             })).collect::<Vec<_>>(),
             "held": held,
             "conflicts": conflicts,
+            "problems": self.guard_problems(),
             "errors": self.errors.iter().map(|(p, e)| json!({"path": p, "error": e})).collect::<Vec<_>>(),
         })
     }

@@ -12,6 +12,7 @@ mod binary;
 mod capabilities;
 mod daemon;
 mod garbage;
+mod guards;
 mod harness;
 mod history;
 mod hostile;
