@@ -201,8 +201,8 @@ struct Link {
 pub struct Identity {
     /// The folder (and folder document) id.
     pub folder: DocId,
-    /// This replica's Automerge actor: this node's id and a per-store nonce (see
-    /// [`teatime_crdt::ids::actor_for_member`]).
+    /// This replica's Automerge actor: this node's id and a nonce fresh for this process
+    /// (see [`teatime_crdt::ids::actor_for_member`] and `node::read_identity`).
     pub actor: ActorId,
 }
 
