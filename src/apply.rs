@@ -38,7 +38,7 @@ use teatime_crdt::{DocId, EntryKind, Tree};
 
 use crate::fsroot::{Dir, Root};
 use crate::scan::{disk_entry, is_within, move_in_index, parent_of, stat_of};
-use crate::store::{Index, IndexEntry, Stat};
+use crate::store::{Index, IndexEntry, Stat, WriteIntent};
 
 /// A file's content as the folder has it.
 pub struct Content {
@@ -68,6 +68,10 @@ pub enum Body {
         losers: Vec<[u8; 32]>,
     },
 }
+
+/// Makes a file write durable before its rename (commits the [`WriteIntent`]); an error
+/// stops the write.
+pub type Journal<'a> = dyn FnMut(&str, &WriteIntent) -> io::Result<()> + 'a;
 
 /// Where the losing versions of binary races are kept, inside the state directory.
 pub const VERSIONS_DIR: &str = "versions";
@@ -103,6 +107,7 @@ pub fn materialize(
     index: &mut Index,
     changed: &HashSet<DocId>,
     content_of: &mut dyn FnMut(DocId) -> Option<Content>,
+    journal: &mut Journal<'_>,
 ) -> Materialized {
     let mut m = Materialized::default();
 
@@ -195,7 +200,7 @@ pub fn materialize(
                 let fresh = index.get(path).is_none_or(|e| e.id != id);
                 if fresh || changed.contains(&id) {
                     match content_of(id) {
-                        Some(content) => write_file(root, index, &mut m, path, id, content),
+                        Some(content) => write_file(root, index, &mut m, path, id, content, journal),
                         None => Ok(()),
                     }
                 } else {
@@ -322,6 +327,7 @@ fn write_file(
     path: &str,
     id: DocId,
     content: Content,
+    journal: &mut Journal<'_>,
 ) -> io::Result<()> {
     let (hash, heads, binary, losers) = match &content.body {
         Body::Text { text, heads } => {
@@ -382,14 +388,22 @@ fn write_file(
         None => None,
     };
     let keep_in = keep.as_ref().map(|(dir, name)| (dir, name.as_str()));
-    match write_atomic(&dir, name, source, mode, expected, keep_in)? {
+    let row = |stat: Stat| {
+        if binary {
+            IndexEntry::binary(id, stat, hash)
+        } else {
+            IndexEntry::file(id, stat, hash, heads.clone())
+        }
+    };
+    // The index row is durable with the write: committed as an intent before the rename,
+    // settled by what the disk holds if the process stops before the row itself is.
+    let mut before_swap = |temp: Stat| {
+        m.touched.insert(path.to_string());
+        journal(path, &WriteIntent { old: recorded.clone(), new: row(temp) })
+    };
+    match write_atomic(&dir, name, source, mode, expected, keep_in, &mut before_swap)? {
         Some(stat) => {
-            let entry = if binary {
-                IndexEntry::binary(id, stat, hash)
-            } else {
-                IndexEntry::file(id, stat, hash, heads)
-            };
-            index.insert(path.to_string(), entry);
+            index.insert(path.to_string(), row(stat));
             m.touched.insert(path.to_string());
             if let Some((_, kept)) = keep {
                 m.kept_versions.push((path.to_string(), format!("{STATE_DIR}/{VERSIONS_DIR}/{kept}")));
@@ -438,7 +452,8 @@ pub enum Source<'a> {
 /// `RENAME_NOREPLACE` for a new file), and the file swapped out is checked afterwards: if
 /// the user wrote to it between our check and the swap, it is swapped back and `Ok(None)`
 /// says "ingest the local edit first". The old file is moved to `keep_old` if given.
-/// Returns the new file's [`Stat`].
+/// `before_swap` is told the temp file's [`Stat`] once its content is durable, before the
+/// target is touched (an error leaves the target alone). Returns the new file's [`Stat`].
 pub fn write_atomic(
     dir: &Dir,
     target: &str,
@@ -446,6 +461,7 @@ pub fn write_atomic(
     mode: Option<u32>,
     expected: Option<Stat>,
     keep_old: Option<(&Dir, &str)>,
+    before_swap: &mut dyn FnMut(Stat) -> io::Result<()>,
 ) -> io::Result<Option<Stat>> {
     let (tmp, mut f) = dir.create_temp(mode.unwrap_or(0o644))?;
     let written = (|| {
@@ -458,7 +474,8 @@ pub fn write_atomic(
         if let Some(mode) = mode {
             f.set_permissions(fs::Permissions::from_mode(mode & 0o777))?;
         }
-        f.sync_all()
+        f.sync_all()?;
+        before_swap(stat_of(&f.metadata()?))
     })();
     let outcome = written.and_then(|()| match expected {
         None => match dir.rename(&tmp, dir, target, RenameFlags::NOREPLACE) {
@@ -536,4 +553,30 @@ pub fn remove_stale_temp_files(root: &Root) {
             }
         }
     }
+}
+
+/// Settles the file writes a stopped process left under way (see [`WriteIntent`]): the
+/// disk says whether each rename happened. A target holding the temp file's inode got the
+/// write: its row is the new one, with the temp file's stat, which the rename's ctime
+/// already differs from, so the scan reads the file again and a user edit made since is
+/// recorded against the version written. Anything else keeps the old row: at worst a
+/// peer's change is merged in twice, never taken as seen by a user who may not have had it.
+/// Returns every path concerned (persist their rows: that also clears the intents).
+pub fn resolve_intents(
+    root: &Root,
+    index: &mut Index,
+    intents: Vec<(String, WriteIntent)>,
+) -> BTreeSet<String> {
+    let mut touched = BTreeSet::new();
+    for (path, intent) in intents {
+        let on_disk = root.parent(&path).and_then(|(dir, name)| dir.metadata(name)).ok();
+        let written = on_disk.is_some_and(|meta| meta.is_file() && stat_of(&meta).ino == intent.new.stat.ino);
+        let row = if written { Some(intent.new) } else { intent.old };
+        match row {
+            Some(row) => index.insert(path.clone(), row),
+            None => index.remove(&path),
+        };
+        touched.insert(path);
+    }
+    touched
 }

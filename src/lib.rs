@@ -11,6 +11,7 @@ pub mod blob;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod crash;
 pub mod daemon;
 pub mod filter;
 pub mod fsroot;

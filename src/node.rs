@@ -70,22 +70,20 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 const META_FOLDER: &str = "folder_id";
 const META_ACTOR: &str = "actor";
 
-/// The folder's identity as stored. The actor must be this node's (see
-/// [`teatime_crdt::ids::actor_for_member`]): a store moved to another home, or written by
-/// another key, gets a fresh one, so an actor never speaks for two members.
+/// The folder's identity as stored, with a fresh actor for this process (see
+/// [`teatime_crdt::ids::actor_for_member`]). Every open of the store for writing gets a
+/// new nonce: a store restored from an older copy (a backup, a VM snapshot) would
+/// otherwise write changes whose (actor, seq) peers already hold under other hashes, and
+/// Automerge refuses the whole batch (`DuplicateSeqNumber`), wedging sync with every peer.
+/// The stored actor is only the record that the folder was set up.
 fn read_identity(store: &Store, me: &iroh::EndpointId) -> Result<Option<Identity>> {
-    let (Some(folder), Some(actor)) = (store.meta(META_FOLDER)?, store.meta(META_ACTOR)?) else {
+    let (Some(folder), Some(_)) = (store.meta(META_FOLDER)?, store.meta(META_ACTOR)?) else {
         return Ok(None);
     };
-    let mut id = Identity {
+    Ok(Some(Identity {
         folder: DocId(folder.as_slice().try_into().context("stored folder id")?),
-        actor: ActorId::from(actor.as_slice()),
-    };
-    if teatime_crdt::ids::member_bytes_of_actor(&id.actor).as_ref() != Some(me.as_bytes()) {
-        id.actor = new_actor(me);
-        write_identity(store, &id)?;
-    }
-    Ok(Some(id))
+        actor: new_actor(me),
+    }))
 }
 
 fn new_actor(me: &iroh::EndpointId) -> ActorId {

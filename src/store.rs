@@ -10,12 +10,19 @@
 //! | `index_v1`     | relative path (`/`-joined)    | postcard [`IndexEntry`]: what teatime last saw or wrote there |
 //! | `peers_v1`     | endpoint id (string)          | postcard `EndpointAddr`: where it was last reachable |
 //! | `signatures_v1`| change hash (32 bytes)        | its author's ed25519 signature (64 bytes), to relay with it |
+//! | `writes_v1`    | relative path                 | postcard [`WriteIntent`]: a file write under way (see below) |
 //!
 //! A document is its snapshot plus its changes in `seq` order; after
 //! [`MAX_CHANGE_CHUNKS`] chunks it is compacted back into one snapshot.
 //! redb refuses to open a file twice, so the database doubles as the folder's
 //! single-instance lock. Every commit is `Durability::Immediate`: a change is on disk
 //! before it is sent to any peer.
+//!
+//! Index rows are committed in the same transaction as the documents they were recorded
+//! with (a crash never leaves a recorded creation unknown to the index). A file write by
+//! materialisation commits a [`WriteIntent`] before its rename: on the next open the disk
+//! says which version it holds ([`crate::apply::resolve_intents`]), so the index row is
+//! durable with the write. Any later commit of that path's index row removes the intent.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -31,6 +38,7 @@ const CHANGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("changes_v1"
 const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index_v1");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers_v1");
 const SIGNATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("signatures_v1");
+const WRITES: TableDefinition<&str, &[u8]> = TableDefinition::new("writes_v1");
 
 /// After this many incremental chunks a document is rewritten as one snapshot, so that
 /// loading never replays a long tail of small changes.
@@ -80,6 +88,17 @@ pub struct IndexEntry {
     /// The file is binary (content is a blob, `heads` is empty). Sticky: a binary file
     /// stays binary even if it later holds text, so its kind never flips back and forth.
     pub binary: bool,
+}
+
+/// A file write under way, committed before the new content is renamed into place: the
+/// row the path had, and the row it gets if the rename happens. `new.stat` is the temp
+/// file's, so its inode is the one the target has once the rename is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteIntent {
+    /// The index row before the write (`None`: a new file).
+    pub old: Option<IndexEntry>,
+    /// The index row after it.
+    pub new: IndexEntry,
 }
 
 /// File system timestamps are coarse (a kernel tick, a few ms): a write this close to
@@ -142,6 +161,8 @@ pub struct Loaded {
     pub docs: Vec<(DocId, Vec<u8>, Vec<Vec<u8>>)>,
     /// The local index.
     pub index: Index,
+    /// File writes that were under way when the process stopped, by path.
+    pub intents: Vec<(String, WriteIntent)>,
 }
 
 /// A batch of writes committed together.
@@ -209,7 +230,7 @@ impl Store {
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         };
         let tx = db.begin_write()?;
-        for t in [META, INDEX, PEERS] {
+        for t in [META, INDEX, PEERS, WRITES] {
             tx.open_table(t)?;
         }
         for t in [DOCS, CHANGES, SIGNATURES] {
@@ -292,7 +313,13 @@ impl Store {
             let entry: IndexEntry = postcard::from_bytes(v.value()).context("index row")?;
             index.insert(k.value().to_string(), entry);
         }
-        Ok(Loaded { docs, index })
+        let mut intents = Vec::new();
+        for row in tx.open_table(WRITES)?.iter()? {
+            let (k, v) = row?;
+            let intent: WriteIntent = postcard::from_bytes(v.value()).context("write intent")?;
+            intents.push((k.value().to_string(), intent));
+        }
+        Ok(Loaded { docs, index, intents })
     }
 
     /// Whether `id` has grown enough incremental chunks to be rewritten as a snapshot.
@@ -328,7 +355,10 @@ impl Store {
                 signatures.insert(hash.as_slice(), sig.as_slice())?;
             }
             let mut index = tx.open_table(INDEX)?;
+            let mut writes = tx.open_table(WRITES)?;
             for (path, entry) in &batch.index {
+                // The row is what the disk holds now: a write under way there is settled.
+                writes.remove(path.as_str())?;
                 match entry {
                     Some(e) => {
                         index.insert(path.as_str(), postcard::to_stdvec(e)?.as_slice())?;
@@ -339,6 +369,15 @@ impl Store {
                 }
             }
         }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Commits, durably, that `path` is about to be replaced (see [`WriteIntent`]).
+    pub fn begin_write(&self, path: &str, intent: &WriteIntent) -> Result<()> {
+        self.writable()?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(WRITES)?.insert(path, postcard::to_stdvec(intent)?.as_slice())?;
         tx.commit()?;
         Ok(())
     }
@@ -412,5 +451,18 @@ mod tests {
         assert!(s.wants_snapshot(id), "chunk counts are forgotten: the next save is whole");
         s.commit(Batch { changes: vec![(id, b"c0".to_vec())], ..Default::default() }).unwrap();
         assert_eq!(s.load().unwrap().docs, vec![(id, b"snap".to_vec(), vec![b"c0".to_vec()])]);
+    }
+
+    #[test]
+    fn a_write_intent_lasts_until_the_path_row_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("state.redb")).unwrap();
+        let new =
+            IndexEntry::file(DocId([1; 16]), Stat { ino: 9, ..Stat::default() }, [2; 32], vec![[3; 32]]);
+        let intent = WriteIntent { old: None, new: new.clone() };
+        s.begin_write("a.md", &intent).unwrap();
+        assert_eq!(s.load().unwrap().intents, vec![("a.md".to_string(), intent)]);
+        s.commit(Batch { index: vec![("a.md".into(), Some(new))], ..Default::default() }).unwrap();
+        assert!(s.load().unwrap().intents.is_empty());
     }
 }

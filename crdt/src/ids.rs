@@ -23,8 +23,9 @@ pub fn from_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
 
 /// Bytes of a member's id (its EndpointId, an ed25519 public key).
 pub const MEMBER_ID_BYTES: usize = 32;
-/// Bytes added to the member id to make an actor unique per store (restore-safe: a copy
-/// of a store restored from a backup gets a new actor, never reuses sequence numbers).
+/// Bytes added to the member id to make an actor unique: the node draws a new nonce each
+/// time a process opens a folder's store for writing, so a store restored from a backup
+/// never reuses an (actor, sequence number) pair peers already hold.
 pub const ACTOR_NONCE_BYTES: usize = 8;
 
 /// The Automerge actor a member writes with: its id followed by a per-store nonce. Every

@@ -14,17 +14,19 @@
 //! - the **documents**: one [`FolderDoc`](teatime_crdt::FolderDoc) and a
 //!   [`FileDoc`](teatime_crdt::FileDoc) per text file, written with the peer's actor
 //!   `actor_for_member(member, nonce)`;
-//! - a **store**: document chunks (`save_after` of what changed) and the index, written at
-//!   flush.
+//! - a **store**: document chunks (`save_after` of what changed) and the index: the rows
+//!   a scan records committed with the documents, a row materialisation writes durable with
+//!   the write (the node's write intent).
 //!
 //! The user acts on the disk only (create a file or directory, edit, rename, case-only
 //! rename, move a file or a whole directory, delete a file or a subtree), also while the
 //! peer is down. A **flush** does what `Replica::flush` does: scan (disk vs index by inode:
 //! moves, `ingest_from(text, base)` against the version the disk held, undelete on edit,
-//! creations, deletions naming the heads they saw), record duplicates, persist the
-//! documents, materialise (`tree::render` → disk and index), persist the index, then push
-//! to each session what the peer lacks past the heads it is known to have. Nothing leaves
-//! a peer before it is persisted.
+//! creations, deletions naming the heads the disk held), record duplicates, persist the
+//! documents with the index, materialise (`tree::render` → disk and index, each row durable
+//! with its write), then push to each session what the peer lacks past the heads it is
+//! known to have. Nothing leaves a peer before it is persisted. An edit's base is its own
+//! change (the version on disk), not the merge with what arrived meanwhile.
 //!
 //! **Sync** is the real protocol: a session opens with each side's summary (every
 //! document's heads); a side sends the changes past the heads the other is known to have
@@ -43,11 +45,12 @@
 //! **Actors across a restart.** Automerge identifies a change by (actor, seq) as well as by
 //! hash: a document that holds seq *n* of an actor refuses another change with the same pair
 //! (`DuplicateSeqNumber`, the whole batch rejected). A restarted document continues at the
-//! seq after the last change of its actor it holds. So reusing the actor is safe exactly
-//! when no change past the persisted ones ever left the peer, which is what the real node
-//! guarantees (persist before send) and why it keeps its actor (member id ‖ a nonce stored
-//! with the state). The simulator does the same; a state restored from an older copy needs a
-//! fresh nonce (`regression_restored_store_needs_a_fresh_actor` shows what reuse does).
+//! seq after the last change of its actor it holds. Reusing the actor would be safe only
+//! while no change past the persisted ones ever left the peer (persist before send) and the
+//! state is never restored from an older copy; the node does not rely on that: every
+//! process start writes with a fresh actor (member id ‖ a new nonce), and so does a
+//! restarted peer here (`regression_restored_store_needs_a_fresh_actor` shows what reuse
+//! after a restore does).
 //!
 //! # Liveness phase
 //!
@@ -82,7 +85,8 @@
 //! `cargo test -p teatime-crdt --test sim` runs `TEATIME_SIM_SEEDS` seeds (default 200)
 //! from `TEATIME_SIM_SEED_START` (default 0). `TEATIME_SIM_SEED=<seed>` replays one seed,
 //! with `TEATIME_SIM_TRACE=1` printing every step. `TEATIME_SIM_PEERS` and
-//! `TEATIME_SIM_STEPS` override what the seed draws.
+//! `TEATIME_SIM_STEPS` override what the seed draws. `TEATIME_SIM_OLD` runs behaviours the
+//! node had before a fix (see `Config::with_old`; the `regression_*` tests use them).
 
 mod sim {
     pub mod peer;
@@ -193,55 +197,62 @@ fn seeds() {
     assert!(failures.is_empty(), "failing seeds: {failures:?} (see above for how to replay each)");
 }
 
-/// A run of `seed` with some of the real node's known gaps modelled (see `Config::with_gaps`).
-fn run_with_gaps(seed: u64, gaps: &str) -> Result<Stats, String> {
-    run_with(seed, false, |cfg| *cfg = cfg.clone().with_gaps(gaps))
+/// A run of `seed` with some of the node's old behaviours (see `Config::with_old`).
+fn run_with_old(seed: u64, old: &str) -> Result<Stats, String> {
+    run_with(seed, false, |cfg| *cfg = cfg.clone().with_old(old))
 }
 
-// ---- Regressions: seeds that failed, fixed. ----
+// ---- Regressions: seeds that failed, fixed. Each shows its seed breaking an invariant
+// with the old behaviour and passing with what the node does now. ----
 
-/// `FileDoc::ingest_from` isolated at an index base older than its own persisted edit (the
-/// node persists its index after the documents; a crash in between): the edit was applied
+/// `FileDoc::ingest_from` isolated at an index base older than its own persisted edit (an
+/// index persisted after the documents, and a crash in between): the edit was applied
 /// again, under Automerge's derived concurrency actor, which no member owns, so peers
-/// would refuse it as forged (fixed in `crdt/src/file.rs`).
+/// would refuse it as forged (fixed in `crdt/src/file.rs`). The node no longer persists
+/// its index apart, so the old behaviours (and the kept actor, which `ingest_from`'s own
+/// changes are recognised by) are what reach that code.
 #[test]
 fn regression_base_older_than_own_edit() {
     for seed in [4, 32] {
-        run_with_gaps(seed, "index-apart,index-after-write").unwrap();
+        run_with_old(seed, "index-apart,index-after-write,actor-kept").unwrap();
     }
 }
 
-// ---- The real node's gaps, shown in the model (src/replica; not crdt). ----
-// Each runs a seed with one gap of `src/replica` as of this commit and checks that the
-// invariant breaks; the default model does what the node should, and passes.
-
-/// `Replica::seen_content` names the document's heads in a deletion: a peer's edit that had
-/// arrived but was not yet on disk counts as seen, and the delete beats it.
+/// A user's deletion names the heads of the version the disk held (the index row), not
+/// the document's: a peer's edit that had arrived but was not yet written was never seen
+/// by the user, and must beat the deletion (`Replica::seen_on_disk`).
 #[test]
-fn gap_delete_names_document_heads_and_beats_an_unseen_edit() {
-    let err = run_with_gaps(37, "delete-sees-doc").unwrap_err();
+fn regression_delete_names_the_disk_version_so_an_unseen_edit_survives() {
+    let err = run_with_old(37, "delete-sees-doc").unwrap_err();
     assert!(err.contains("is lost"), "{err}");
     run_seed(37, false).unwrap();
 }
 
-/// The index is persisted after materialising, apart from the documents: a crash between
-/// leaves the recorded creation in the documents and its file unknown to the index, and
-/// the restart scan creates it again (a ghost copy).
+/// Index rows a scan records are committed with the documents, in one transaction: with
+/// the index persisted after materialising, a crash in between left a recorded creation in
+/// the documents and its file unknown to the index, and the restart scan (the user had
+/// edited the file meanwhile) created it a second time (`Replica::persist_docs`).
 #[test]
-fn gap_index_persisted_apart_from_documents_doubles_a_file() {
-    let err = run_with_gaps(9, "index-apart").unwrap_err();
+fn regression_index_rows_commit_with_the_documents() {
+    let err = run_with_old(9, "index-apart").unwrap_err();
     assert!(err.contains("appears 2 times"), "{err}");
+    run_seed(9, false).unwrap();
 }
 
-/// A file written by materialisation has its index row persisted only at the end of the
-/// flush: after a crash in between and a user edit, the restart scan diffs against the old
-/// base and inserts the peer's change a second time.
+/// A file written by materialisation has its index row durable with the write (a write
+/// intent committed before the rename, settled at open by the disk's inode): with the row
+/// persisted only at the end of the flush, a crash in between and a user edit made the
+/// restart scan diff against the old base and insert the peer's change a second time.
 #[test]
-fn gap_index_row_not_durable_with_the_write_doubles_a_remote_edit() {
-    let err = run_with_gaps(270, "index-after-write").unwrap_err();
+fn regression_index_row_is_durable_with_the_write() {
+    let err = run_with_old(270, "index-after-write").unwrap_err();
     assert!(err.contains("appears 2 times"), "{err}");
     run_seed(270, false).unwrap();
 }
+
+// `edit-base-merged` (an edit's base set to the merged heads) needs a merging scan, a crash
+// right after persisting it and a user edit before the restart: no seed in 0..1000 draws
+// that; `tests/it/crashpoints.rs` (`a_merge_not_written_back_before_a_crash_...`) does.
 
 /// What Automerge requires of an actor across a restart: a state restored from an older
 /// copy, still writing as its old actor, makes changes whose (actor, seq) a peer already

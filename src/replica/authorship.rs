@@ -168,14 +168,18 @@ impl Replica {
     /// What to send `peer`-side for `doc` past `base` (our heads it has): the payload, and
     /// each change's signature. Nothing when it has everything.
     pub(super) fn outgoing(&mut self, doc: DocId, base: &[ChangeHash]) -> Option<(Vec<u8>, Vec<Signed>)> {
-        let me = self.id.actor.clone();
+        // Ours: any actor of this member (a fresh one per process start, see `node.rs`),
+        // signed now with our key.
+        let me = *self.me.as_bytes();
+        let mine =
+            move |actor: &automerge::ActorId| teatime_crdt::ids::member_bytes_of_actor(actor) == Some(me);
         let d = self.doc_mut(doc);
         if base.is_empty() {
             // A whole document: its save() is far smaller than its changes, and the
             // change metadata (no operations) is enough to sign.
             let data = d.save();
             let metas: Vec<(ChangeHash, bool)> =
-                d.get_changes_meta(&[]).into_iter().map(|m| (m.hash, *m.actor == me)).collect();
+                d.get_changes_meta(&[]).into_iter().map(|m| (m.hash, mine(&m.actor))).collect();
             if metas.is_empty() {
                 return None;
             }
@@ -187,7 +191,7 @@ impl Replica {
             return None;
         }
         let data: Vec<u8> = changes.iter().flat_map(|c| c.raw_bytes().iter().copied()).collect();
-        let sigs = self.signatures_for(changes.iter().map(|c| (c.hash(), *c.actor_id() == me)));
+        let sigs = self.signatures_for(changes.iter().map(|c| (c.hash(), mine(c.actor_id()))));
         Some((data, sigs))
     }
 

@@ -5,10 +5,12 @@
 //! blocking). Inputs are [`Event`]s: hints from the watcher, sessions coming and going,
 //! frames from peers. After each batch of events, [`Replica::flush`]:
 //!
-//! 1. persists every changed document (before anything leaves the node or reaches disk:
-//!    a crash can lose a write to the folder, never a change already sent);
-//! 2. writes remote changes to the folder ([`crate::apply`]); paths the user edited
-//!    meanwhile are ingested first and merged, then written;
+//! 1. persists every changed document, with the index rows recorded with it, in one
+//!    transaction (before anything leaves the node or reaches disk: a crash can lose a
+//!    write to the folder, never a change already sent);
+//! 2. writes remote changes to the folder ([`crate::apply`]), each file's index row made
+//!    durable with its write (a write intent committed before the rename); paths the user
+//!    edited meanwhile are ingested first and merged, then written;
 //! 3. persists the index;
 //! 4. sends each changed document to every peer as the changes that peer lacks.
 //!
@@ -19,6 +21,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -200,8 +203,8 @@ struct Link {
 pub struct Identity {
     /// The folder (and folder document) id.
     pub folder: DocId,
-    /// This replica's Automerge actor: this node's id and a per-store nonce (see
-    /// [`teatime_crdt::ids::actor_for_member`]).
+    /// This replica's Automerge actor: this node's id and a nonce fresh for this process
+    /// (see [`teatime_crdt::ids::actor_for_member`] and `node::read_identity`).
     pub actor: ActorId,
 }
 
@@ -402,6 +405,9 @@ impl Replica {
         let paused = local::paused(&store)?;
         let mode = local::mode(&store)?;
         let guards = guards::Guards::new(&fs, &store);
+        // Writes a stopped process left under way: the disk says which version it holds.
+        let mut index = loaded.index;
+        let index_touched = apply::resolve_intents(&fs, &mut index, loaded.intents);
         let mut replica = Replica {
             guards,
             mode,
@@ -427,14 +433,14 @@ impl Replica {
             my_name,
             folder,
             files,
-            index: loaded.index,
+            index,
             saved,
             peers: HashMap::new(),
             dial,
             outboards: HashMap::new(),
             dirty: BTreeSet::new(),
             remote_changed: HashSet::new(),
-            index_touched: BTreeSet::new(),
+            index_touched,
             pending: None,
             reported: HashSet::new(),
             tree: TreeCache::default(),
@@ -495,8 +501,11 @@ impl Replica {
         self.scan_pending();
         if self.folder.is_ready() {
             // Whatever the disk lacks (binary content a killed process was still
-            // receiving, a write that failed) is looked for now, not at the next change.
+            // receiving, a write that failed or never happened) is looked for now, not at
+            // the next change.
             self.remote_changed.insert(self.id.folder);
+            let behind = self.files_behind_disk();
+            self.remote_changed.extend(behind);
         }
         self.flush();
         loop {
@@ -568,6 +577,21 @@ impl Replica {
             link.conn.close(0u32.into(), b"shutting down");
         }
         info!("folder {} stopped", self.root.display());
+    }
+
+    /// Text files whose document has changes the disk does not hold (the index row's heads
+    /// are not the document's): a remote change persisted but not written before a crash,
+    /// or a local edit merged with one and not written back.
+    fn files_behind_disk(&mut self) -> Vec<DocId> {
+        let mut behind = Vec::new();
+        for row in self.index.values().filter(|e| e.kind == EntryKind::File && !e.binary) {
+            if let Some(f) = self.files.get_mut(&row.id)
+                && hashes(&f.heads()) != row.heads
+            {
+                behind.push(row.id);
+            }
+        }
+        behind
     }
 
     fn known_peer_addrs(&self) -> Vec<(EndpointId, EndpointAddr)> {
@@ -1263,11 +1287,21 @@ impl Replica {
                 let old = self.index.get(&path).map(|e| e.stat);
                 self.record_exec(id, old, stat)?;
                 let file = self.files.get_mut(&id).context("edited file has no document")?;
-                let merged_with_remote = base != file.heads();
-                if file.ingest_from(&content, &base, Instant::now() + INGEST_BUDGET, now_ms() as i64)? {
+                let before = file.heads();
+                let merged_with_remote = base != before;
+                let changed =
+                    file.ingest_from(&content, &base, Instant::now() + INGEST_BUDGET, now_ms() as i64)?;
+                // The base is what the disk holds: the edit's own change, which was made on
+                // the disk's version, not the merge with what arrived meanwhile (the disk
+                // lacks that until it is written back).
+                let heads = if changed {
                     self.dirty.insert(id);
-                }
-                let heads = hashes(&file.heads());
+                    hashes(&file.heads().into_iter().filter(|h| !before.contains(h)).collect::<Vec<_>>())
+                } else if base.is_empty() {
+                    hashes(&before)
+                } else {
+                    hashes(&base)
+                };
                 if merged_with_remote {
                     // The disk holds only the local side: write the merged text back.
                     self.remote_changed.insert(id);
@@ -1288,7 +1322,7 @@ impl Replica {
             }
             LocalOp::Delete { id, path, at_ms } => {
                 // The deletion names the version it saw: an edit it had not seen beats it.
-                let seen = self.seen_content(id);
+                let seen = self.seen_on_disk(id, self.index.get(&path).cloned());
                 self.folder.delete_entry(id, &self.stamp_at(at_ms), seen)?;
                 self.dirty.insert(self.id.folder);
                 self.index.remove(&path);
@@ -1338,8 +1372,22 @@ impl Replica {
         self.folder.setting(TEXT_LIMIT).and_then(|v| v.parse().ok()).unwrap_or(self.tuning.text_limit)
     }
 
-    /// What a deletion of `id` names as the content it saw: its document's heads, or
-    /// for a binary file the versions in its register.
+    /// What a user's deletion of `id` names as the content it saw: the version the disk
+    /// held (`row`, its index row), not the document's heads: a peer's change that had
+    /// arrived but was not written yet was never seen, and beats the deletion.
+    fn seen_on_disk(&mut self, id: DocId, row: Option<IndexEntry>) -> Vec<ChangeHash> {
+        let Some(row) = row.filter(|r| r.id == id && (r.binary || !r.heads.is_empty())) else {
+            return self.seen_content(id);
+        };
+        let mut seen: Vec<ChangeHash> = row.heads.iter().map(|h| ChangeHash(*h)).collect();
+        if let Some(e) = self.folder.entry(id) {
+            seen.extend(e.blobs.iter().filter(|b| b.hash == row.hash).map(|b| b.as_head()));
+        }
+        seen
+    }
+
+    /// What a deletion of `id` by teatime itself (a duplicate) names as seen: its
+    /// document's heads, or for a binary file the versions in its register.
     fn seen_content(&mut self, id: DocId) -> Vec<ChangeHash> {
         let mut seen = self.files.get_mut(&id).map(|f| f.heads()).unwrap_or_default();
         if let Some(e) = self.folder.entry(id) {
@@ -1433,7 +1481,22 @@ impl Replica {
             let skip = |path: &str, is_dir: bool| {
                 filter.excludes(path, is_dir) || held.iter().any(|h| scan::is_within(path, h))
             };
-            let m = materialize(&self.fs, &self.tree.tree, &skip, &mut self.index, &changed, &mut content_of);
+            let store = &self.store;
+            let mut journal = |path: &str, intent: &crate::store::WriteIntent| {
+                store.begin_write(path, intent).map_err(io::Error::other)?;
+                crate::crash::point(crate::crash::BEFORE_RENAME, [path]);
+                Ok(())
+            };
+            let m = materialize(
+                &self.fs,
+                &self.tree.tree,
+                &skip,
+                &mut self.index,
+                &changed,
+                &mut content_of,
+                &mut journal,
+            );
+            crate::crash::point(crate::crash::AFTER_MATERIALISE, m.touched.iter().map(String::as_str));
             self.report_refused_names();
             let rules_changed = m.touched.iter().any(|p| Filter::is_rule_file(p));
             for (path, kept) in &m.kept_versions {
@@ -1529,6 +1592,9 @@ impl Replica {
         self.retry_at.get_or_insert_with(|| Instant::now() + RETRY_DELAY);
     }
 
+    /// Commits the changed documents, their signatures and the index rows recorded since
+    /// the last commit, in one transaction: a crash never separates a recorded creation or
+    /// edit from the index row that says the disk holds it.
     fn persist_docs(&mut self, to_send: &mut BTreeSet<DocId>) {
         if self.dirty.is_empty() || !self.store_usable() {
             return;
@@ -1556,17 +1622,26 @@ impl Replica {
         }
         let signatures = std::mem::take(&mut self.unsaved_signatures);
         batch.signatures = signatures.iter().map(|(h, s)| (*h, s.to_bytes())).collect();
+        let rows = std::mem::take(&mut self.index_touched);
+        batch.index = rows.iter().map(|p| (p.clone(), self.index.get(p).cloned())).collect();
         if let Err(e) = self.store.commit(batch) {
             // Keep them dirty: they are retried at the next flush and not sent before.
             warn!("could not persist changes: {e:#}");
             self.note_store_error(&e);
             self.unsaved_signatures = signatures;
+            self.index_touched.extend(rows);
             self.dirty = dirty;
             for doc in &self.dirty {
                 self.saved.remove(doc);
             }
             return;
         }
+        crate::crash::point(
+            crate::crash::AFTER_DOCUMENTS_PERSISTED,
+            rows.iter()
+                .map(String::as_str)
+                .chain(self.index.iter().filter(|(_, e)| dirty.contains(&e.id)).map(|(p, _)| p.as_str())),
+        );
         to_send.extend(dirty);
     }
 

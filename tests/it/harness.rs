@@ -332,6 +332,8 @@ pub struct Peer {
     network: String,
     /// A command every process runs behind, e.g. `nsenter -t PID -n --` (default none).
     wrapper: Vec<String>,
+    /// Environment variables for the next processes (see [`Peer::set_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Peer {
@@ -356,6 +358,7 @@ impl Peer {
             runs: 0,
             network: "loopback".to_owned(),
             wrapper: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -378,6 +381,15 @@ impl Peer {
     pub fn set_network(&mut self, mode: &str, wrapper: &[String]) {
         self.network = mode.to_owned();
         self.wrapper = wrapper.to_vec();
+    }
+
+    /// Sets (`Some`) or unsets an environment variable for this peer's next processes, e.g.
+    /// `TEATIME_CRASH_AT`.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_owned(), value.to_owned()));
+        }
     }
 
     /// A peer sharing a new empty folder.
@@ -633,6 +645,7 @@ impl Peer {
             .env_remove("TEATIME_RELAY")
             .env_remove("TEATIME_NAME")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");

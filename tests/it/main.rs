@@ -10,6 +10,7 @@
 mod auth;
 mod binary;
 mod capabilities;
+mod crashpoints;
 mod daemon;
 mod garbage;
 mod guards;

@@ -2,13 +2,15 @@
 //!
 //! - `disk`: the user's files (path → inode, kind, text). It survives a crash.
 //! - `index`: what the replica last wrote or recorded at each path (entry id, inode, the
-//!   text and the document heads that text corresponds to). Persisted at flush.
+//!   text and the document heads that text corresponds to). Persisted with the documents,
+//!   and after materialising (each written row durable with its write).
 //! - documents: the folder document and the file documents, persisted at flush as
 //!   incremental chunks (`save_after`), like the real store.
 //!
 //! A flush is the replica's: scan (disk vs index → document operations), record
-//! duplicates, persist documents, materialise (tree → disk and index), persist the index,
-//! push changes to every session. Nothing leaves the peer before it is persisted.
+//! duplicates, persist documents and index, materialise (tree → disk and index, durable
+//! with the writes), push changes to every session. Nothing leaves the peer before it is
+//! persisted.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,7 +56,8 @@ pub struct Store {
 pub enum DeleteSees {
     /// The heads of the version on disk (the index row): what the user deleted.
     IndexBase,
-    /// The document's current heads (`Replica::seen_content` as of this commit).
+    /// The document's current heads (the node before the fix: a peer's edit that had
+    /// arrived but was not on disk counted as seen).
     DocHeads,
 }
 
@@ -182,7 +185,14 @@ impl Peer {
     }
 
     /// The replica's scan and record: the disk compared with the index, by inode.
-    pub fn scan(&mut self, now: u64, sees: DeleteSees, new_id: &mut dyn FnMut() -> DocId) -> Vec<String> {
+    /// `disk_base`: an edit's base is its own change (else the merged document's heads).
+    pub fn scan(
+        &mut self,
+        now: u64,
+        sees: DeleteSees,
+        disk_base: bool,
+        new_id: &mut dyn FnMut() -> DocId,
+    ) -> Vec<String> {
         let mut log = Vec::new();
         if !self.folder.is_ready() {
             return log; // a joiner records nothing before the folder document arrives
@@ -221,8 +231,11 @@ impl Peer {
                             if f.ingest_from(&node.text, &row.base, later(), now as i64).unwrap() {
                                 // The disk holds exactly the new change (made on `row.base`),
                                 // not the merge with what arrived meanwhile.
-                                let new: Vec<ChangeHash> =
-                                    f.heads().into_iter().filter(|h| !before.contains(h)).collect();
+                                let new: Vec<ChangeHash> = f
+                                    .heads()
+                                    .into_iter()
+                                    .filter(|h| !disk_base || !before.contains(h))
+                                    .collect();
                                 base = Some(new);
                             }
                         }

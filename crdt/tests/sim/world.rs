@@ -36,15 +36,21 @@ pub struct Config {
     pub partitions: bool,
     /// Clock skew between peers, ms (each peer gets a fixed offset in ±this).
     pub skew_ms: u64,
+    /// Which heads a user's deletion names as seen (the node: the index row's, what the
+    /// disk held).
     pub delete_sees: DeleteSees,
-    /// Whether the index rows a scan records are persisted with the documents (one
-    /// transaction), or only after materialising (`Replica::persist_index`, as of this
-    /// commit).
+    /// Whether the index rows a scan records are persisted with the documents, in one
+    /// transaction (the node), or only after materialising.
     pub index_with_docs: bool,
-    /// Whether the index row of a file materialisation wrote is durable with the write (a
-    /// write-ahead record), or only at the end of the flush (`Replica::persist_index`, as of
-    /// this commit).
+    /// Whether the index row of a file materialisation wrote is durable with the write (the
+    /// node: a write intent committed before the rename), or only at the end of the flush.
     pub index_at_write: bool,
+    /// Whether an edit's index base is its own change, the version the disk holds (the
+    /// node), or the document's heads after merging it with what arrived meanwhile.
+    pub edit_base_is_disk: bool,
+    /// Whether a restart writes with a fresh actor (the node: a new nonce per process
+    /// start), or keeps the one it had.
+    pub fresh_actor_per_start: bool,
     /// Round bound of the liveness phase.
     pub max_rounds: usize,
 }
@@ -67,20 +73,26 @@ impl Config {
             delete_sees: DeleteSees::IndexBase,
             index_with_docs: true,
             index_at_write: true,
+            edit_base_is_disk: true,
+            fresh_actor_per_start: true,
             max_rounds: 40,
         }
-        .with_gaps(&std::env::var("TEATIME_SIM_GAPS").unwrap_or_default())
+        .with_old(&std::env::var("TEATIME_SIM_OLD").unwrap_or_default())
     }
 
-    /// Models the real node's known gaps instead of the sound behaviour: a comma-separated
-    /// list of `delete-sees-doc`, `index-apart`, `index-after-write` (see the fields).
-    pub fn with_gaps(mut self, gaps: &str) -> Config {
-        for gap in gaps.split(',').map(str::trim).filter(|g| !g.is_empty()) {
-            match gap {
+    /// Models behaviours the node had before a fix instead of what it does now (each
+    /// regression test shows its seed failing with one): a comma-separated list of
+    /// `delete-sees-doc`, `index-apart`, `index-after-write`, `edit-base-merged`,
+    /// `actor-kept` (see the fields).
+    pub fn with_old(mut self, old: &str) -> Config {
+        for behaviour in old.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+            match behaviour {
                 "delete-sees-doc" => self.delete_sees = DeleteSees::DocHeads,
                 "index-apart" => self.index_with_docs = false,
                 "index-after-write" => self.index_at_write = false,
-                other => panic!("unknown gap {other:?} in TEATIME_SIM_GAPS"),
+                "edit-base-merged" => self.edit_base_is_disk = false,
+                "actor-kept" => self.fresh_actor_per_start = false,
+                other => panic!("unknown old behaviour {other:?} in TEATIME_SIM_OLD"),
             }
         }
         self
@@ -311,9 +323,9 @@ impl World {
     /// the index is persisted and anything is sent).
     fn flush(&mut self, p: usize, crash: u8) {
         let now = self.now(p);
-        let sees = self.cfg.delete_sees;
+        let (sees, disk_base) = (self.cfg.delete_sees, self.cfg.edit_base_is_disk);
         let rng = &mut self.rng;
-        let log = self.peers[p].scan(now, sees, &mut || Self::new_id(rng));
+        let log = self.peers[p].scan(now, sees, disk_base, &mut || Self::new_id(rng));
         for l in log {
             self.note(format!("p{p} records {l}"));
         }
@@ -352,9 +364,18 @@ impl World {
     }
 
     fn restart(&mut self, p: usize) {
-        // The real node keeps its actor (stored with the state): safe because nothing
-        // leaves a peer before it is persisted, so no sequence number it reuses was seen.
-        let actor = self.peers[p].actor.clone();
+        // The node writes with a fresh actor after every start, so a store restored from an
+        // older copy never reuses a sequence number peers hold (keeping it is safe only
+        // because nothing leaves a peer before it is persisted, and only without restores).
+        // The nonce is derived, not drawn: a restart does not shift the run's random stream.
+        let old = self.peers[p].actor.to_bytes().to_vec();
+        let actor = if self.cfg.fresh_actor_per_start {
+            let member: [u8; 32] = old[..32].try_into().expect("a member-form actor");
+            let nonce = u64::from_le_bytes(old[32..40].try_into().expect("an 8-byte nonce"));
+            actor_for_member(&member, nonce.wrapping_add(1).to_le_bytes())
+        } else {
+            self.peers[p].actor.clone()
+        };
         self.note(format!("p{p} restarts"));
         self.peers[p].restart(actor);
         // The startup scan runs before any frame is handled.
