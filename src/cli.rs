@@ -235,7 +235,7 @@ enum Command {
         dir: PathBuf,
         /// The file.
         path: String,
-        /// A change or a time.
+        /// A change, a time, or `now` (the current text as recorded).
         #[arg(long)]
         at: String,
     },
