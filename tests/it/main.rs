@@ -10,6 +10,7 @@
 mod auth;
 mod binary;
 mod capabilities;
+mod clock;
 mod daemon;
 mod editors;
 mod garbage;
