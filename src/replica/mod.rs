@@ -449,6 +449,24 @@ impl Replica {
         Ok(replica)
     }
 
+    /// Text files whose document has changes the disk's version (the index's heads)
+    /// lacks.
+    fn text_files_behind_their_documents(&mut self) -> Vec<DocId> {
+        let mut behind = Vec::new();
+        for row in self.index.values().filter(|e| e.kind == EntryKind::File && !e.binary) {
+            if let Some(file) = self.files.get_mut(&row.id) {
+                let mut on_disk = row.heads.clone();
+                on_disk.sort_unstable();
+                let mut now = hashes(&file.heads());
+                now.sort_unstable();
+                if on_disk != now {
+                    behind.push(row.id);
+                }
+            }
+        }
+        behind
+    }
+
     /// Connects the replica to its node: the endpoint (for tickets) and the membership
     /// snapshot its sessions check.
     pub fn attach(
@@ -491,6 +509,10 @@ impl Replica {
             // Whatever the disk lacks (binary content a killed process was still
             // receiving, a write that failed) is looked for now, not at the next change.
             self.remote_changed.insert(self.id.folder);
+            // A peer's change persisted but not yet written when the process died: the
+            // document is ahead of the version the index says the disk holds.
+            let behind = self.text_files_behind_their_documents();
+            self.remote_changed.extend(behind);
         }
         self.flush();
         loop {

@@ -364,3 +364,34 @@ fn kill_nine_at_random_moments_loses_no_acknowledged_edit() {
         started.elapsed()
     );
 }
+
+/// The window the torture test found: a peer's change is persisted, then the process is
+/// killed before it reaches the disk. Made deterministic by making the file immutable
+/// (`chattr +i`: even root cannot replace it), so the write keeps failing until the kill.
+/// At the restart the change must be written, without waiting for another one.
+#[test]
+fn a_change_persisted_but_not_written_before_a_kill_is_written_at_restart() {
+    let immutable = |peer: &Peer, on: bool| {
+        std::process::Command::new("chattr")
+            .arg(if on { "+i" } else { "-i" })
+            .arg(peer.path("notes.txt"))
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut expected = crate::harness::one_file("notes.txt", "one\n");
+    let (mut a, b) = crate::harness::connected_pair(&expected);
+    if !immutable(&a, true) {
+        eprintln!("SKIPPED: chattr +i does not work here (not root, or the file system lacks it)");
+        return;
+    }
+    b.write("notes.txt", "one\ntwo\n");
+    crate::harness::wait_until("a to fail writing b's change", || {
+        a.log_text().contains("could not apply a remote change")
+    });
+    a.kill();
+    assert!(immutable(&a, false), "chattr -i");
+    assert_eq!(a.read("notes.txt").as_deref(), Some(&b"one\n"[..]), "the kill came before the write");
+    a.sync();
+    put_file(&mut expected, "notes.txt", "one\ntwo\n");
+    crate::harness::settle(&[&a, &b], &mut expected);
+}
