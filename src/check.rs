@@ -218,3 +218,80 @@ pub fn temp_files(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use automerge::ActorId;
+    use teatime_crdt::Stamp;
+
+    use super::*;
+    use crate::store::{Batch, IndexEntry, Stat};
+
+    /// A folder whose state holds a folder document with one file entry, its document,
+    /// and the index rows given.
+    fn folder(rows: impl FnOnce(DocId, Vec<[u8; 32]>) -> Vec<(String, IndexEntry)>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(STATE_DIR)).unwrap();
+        let mut store = Store::open(&dir.path().join(STATE_DIR).join("state.redb")).unwrap();
+        let (folder_id, file_id) = (DocId([1; 16]), DocId([2; 16]));
+        let actor = ActorId::from(&[7u8; 8][..]);
+        let mut folder = FolderDoc::create(actor.clone(), "owner", "o").unwrap();
+        let stamp = Stamp { ms: 1, by: "owner".into() };
+        folder.create_entry(file_id, None, "a.txt", EntryKind::File, &stamp).unwrap();
+        folder.commit();
+        let mut file = FileDoc::create(actor, "hello\n", 1).unwrap();
+        let heads = file.heads().iter().map(|h| h.0).collect();
+        store.set_meta(&[(META_FOLDER, folder_id.0.as_slice())]).unwrap();
+        store
+            .commit(Batch {
+                snapshots: vec![(folder_id, folder.doc_mut().save()), (file_id, file.doc_mut().save())],
+                index: rows(file_id, heads).into_iter().map(|(p, e)| (p, Some(e))).collect(),
+                ..Default::default()
+            })
+            .unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_sound_state_passes() {
+        let dir =
+            folder(|id, heads| vec![("a.txt".into(), IndexEntry::file(id, Stat::default(), [0; 32], heads))]);
+        let report = check(dir.path()).unwrap();
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!((report.documents, report.index_rows), (2, 1));
+    }
+
+    #[test]
+    fn index_rows_the_documents_do_not_back_are_problems() {
+        let dir = folder(|id, _| {
+            vec![
+                ("a.txt".into(), IndexEntry::file(id, Stat::default(), [0; 32], vec![[9; 32]])),
+                ("ghost.txt".into(), IndexEntry::file(DocId([3; 16]), Stat::default(), [0; 32], vec![])),
+            ]
+        });
+        let report = check(dir.path()).unwrap();
+        assert_eq!(report.problems.len(), 2, "{report:?}");
+        assert!(report.problems[0].contains("its base"), "{report:?}");
+        assert!(report.problems[1].contains("which the folder does not hold"), "{report:?}");
+    }
+
+    #[test]
+    fn a_damaged_database_is_a_problem_and_the_original_is_untouched() {
+        let dir = folder(|_, _| vec![]);
+        let path = dir.path().join(STATE_DIR).join("state.redb");
+        let mut bytes = std::fs::read(&path).unwrap();
+        // One bit of the file's text, inside a stored document: only checksums can tell.
+        let at = bytes.windows(6).position(|w| w == b"hello\n").expect("the text is stored as is");
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let report = check(dir.path()).unwrap();
+        assert!(!report.problems.is_empty(), "damage went unnoticed");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "check wrote to the folder's state");
+    }
+
+    #[test]
+    fn a_plain_directory_is_not_a_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check(dir.path()).unwrap_err().downcast_ref::<NotAFolder>().is_some());
+    }
+}
