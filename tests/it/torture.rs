@@ -176,8 +176,11 @@ fn drive(rng: &mut Rng, ledger: &mut Ledger, peer: usize, dir: &Path, offline: b
                 0 => format!("d{}/{name}", rng.below(3)),
                 _ => name,
             };
-            let line = ledger.line(peer);
-            replace_with(dir, &path, line.as_bytes());
+            // Now and then a large file: its write takes long enough for kills to land
+            // in the middle of it.
+            let lines = if rng.chance(10) { 2000 } else { 1 };
+            let text: String = (0..lines).map(|_| ledger.line(peer)).collect();
+            replace_with(dir, &path, text.as_bytes());
         }
     }
 }
@@ -337,7 +340,11 @@ fn kill_nine_at_random_moments_loses_no_acknowledged_edit() {
     for (path, markers) in &by_file {
         for m in markers {
             if let Some(first) = seen.insert(*m, path.clone()) {
-                panic!("seed {seed}: marker m{m} twice (in {first} and {path}): a change applied twice");
+                panic!(
+                    "seed {seed}: marker m{m} twice (in {first} and {path}): a change applied twice (known \
+                     causes, fixed on branch core: the index persisted apart from the documents, a \
+                     written file's index row not durable with the write)"
+                );
             }
         }
     }
