@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod blob;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;

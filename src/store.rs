@@ -265,6 +265,11 @@ impl Store {
         Ok(())
     }
 
+    /// redb's own integrity check (page checksums); may repair an uncleanly closed file.
+    pub fn check_integrity(&mut self) -> Result<bool> {
+        Ok(self.db.check_integrity()?)
+    }
+
     /// Reads a meta value.
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let tx = self.db.begin_read()?;

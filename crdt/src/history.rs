@@ -142,8 +142,14 @@ pub fn blame(file: &mut FileDoc) -> Vec<(String, Option<ChangeHash>)> {
         }
         heads = next;
     }
-    let times: std::collections::HashMap<ChangeHash, i64> =
-        all.iter().map(|c| (c.hash(), c.timestamp())).collect();
+    // "Last" is causal, never the wall clock a change claims (a peer whose clock is days
+    // behind must still get its edit of a line attributed): a change is deeper than every
+    // change it has seen; concurrent ones are ordered by hash, the same on every peer.
+    let mut depth: std::collections::HashMap<ChangeHash, u64> = std::collections::HashMap::new();
+    for c in &all {
+        let d = c.deps().iter().filter_map(|d| depth.get(d)).max().map_or(0, |d| d + 1);
+        depth.insert(c.hash(), d);
+    }
     let mut out = Vec::new();
     let mut pos = 0;
     for line in text.split_inclusive('\n') {
@@ -153,7 +159,7 @@ pub fn blame(file: &mut FileDoc) -> Vec<(String, Option<ChangeHash>)> {
             .unwrap_or_default()
             .iter()
             .flatten()
-            .max_by_key(|h| times.get(h).copied().unwrap_or(0))
+            .max_by_key(|h| (depth.get(h).copied().unwrap_or(0), **h))
             .copied();
         out.push((line.trim_end_matches('\n').to_string(), writer));
         pos += n;
@@ -204,5 +210,17 @@ mod tests {
         let prefix = &edit_b.hash.to_string()[..10];
         let h = find_change(&mut a, prefix).unwrap();
         assert_eq!(a.text_at(&[h]).unwrap(), "one\ntwo\nthree\nfour\n");
+    }
+
+    #[test]
+    fn blame_follows_causality_not_a_skewed_clock() {
+        // The creator's clock is days ahead of the editor's: the edit still wins its line.
+        let mut a = FileDoc::create(ActorId::from(&[1u8][..]), "one\ntwo\n", 900_000_000).unwrap();
+        let mut b = FileDoc::from_doc(a.doc_mut().fork().with_actor(ActorId::from(&[2u8][..])));
+        b.ingest("one\ntwo, edited\n", later(), 1_000).unwrap();
+        let edit = b.heads()[0];
+        let blamed = blame(&mut b);
+        assert_eq!(blamed[1], ("two, edited".to_string(), Some(edit)));
+        assert_ne!(blamed[0].1, Some(edit));
     }
 }

@@ -150,9 +150,12 @@ impl Replica {
         file.text_at(&heads).ok_or_else(|| "that version is not here".into())
     }
 
-    /// `teatime show`.
+    /// `teatime show` (`now` is the current text, as recorded: not necessarily the disk's).
     pub(super) fn show(&mut self, path: &str, at: &str) -> Result<serde_json::Value, String> {
         let id = self.entry_at(path)?;
+        if at == "now" {
+            return Ok(json!(self.files.get(&id).and_then(|f| f.text()).ok_or("no text")?));
+        }
         Ok(json!(self.text_at(id, at)?))
     }
 

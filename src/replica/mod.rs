@@ -461,6 +461,24 @@ impl Replica {
         Ok(replica)
     }
 
+    /// Text files whose document has changes the disk's version (the index's heads)
+    /// lacks.
+    fn text_files_behind_their_documents(&mut self) -> Vec<DocId> {
+        let mut behind = Vec::new();
+        for row in self.index.values().filter(|e| e.kind == EntryKind::File && !e.binary) {
+            if let Some(file) = self.files.get_mut(&row.id) {
+                let mut on_disk = row.heads.clone();
+                on_disk.sort_unstable();
+                let mut now = hashes(&file.heads());
+                now.sort_unstable();
+                if on_disk != now {
+                    behind.push(row.id);
+                }
+            }
+        }
+        behind
+    }
+
     /// Connects the replica to its node: the endpoint (for tickets) and the membership
     /// snapshot its sessions check.
     pub fn attach(
@@ -504,7 +522,9 @@ impl Replica {
             // receiving, a write that failed or never happened) is looked for now, not at
             // the next change.
             self.remote_changed.insert(self.id.folder);
-            let behind = self.files_behind_disk();
+            // A peer's change persisted but not yet written when the process died: the
+            // document is ahead of the version the index says the disk holds.
+            let behind = self.text_files_behind_their_documents();
             self.remote_changed.extend(behind);
         }
         self.flush();
@@ -577,21 +597,6 @@ impl Replica {
             link.conn.close(0u32.into(), b"shutting down");
         }
         info!("folder {} stopped", self.root.display());
-    }
-
-    /// Text files whose document has changes the disk does not hold (the index row's heads
-    /// are not the document's): a remote change persisted but not written before a crash,
-    /// or a local edit merged with one and not written back.
-    fn files_behind_disk(&mut self) -> Vec<DocId> {
-        let mut behind = Vec::new();
-        for row in self.index.values().filter(|e| e.kind == EntryKind::File && !e.binary) {
-            if let Some(f) = self.files.get_mut(&row.id)
-                && hashes(&f.heads()) != row.heads
-            {
-                behind.push(row.id);
-            }
-        }
-        behind
     }
 
     fn known_peer_addrs(&self) -> Vec<(EndpointId, EndpointAddr)> {

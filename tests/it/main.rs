@@ -10,8 +10,10 @@
 mod auth;
 mod binary;
 mod capabilities;
+mod clock;
 mod crashpoints;
 mod daemon;
+mod editors;
 mod garbage;
 mod guards;
 mod harness;
@@ -29,3 +31,4 @@ mod roles;
 mod scenarios;
 mod status;
 mod sync;
+mod torture;
