@@ -60,7 +60,9 @@ fn ingest(c: &mut Criterion) {
                 assert!(doc.ingest(&edits[round % 2], far(), 0).expect("ingest"));
             })
         });
-        assert_eq!(doc.text().as_deref(), Some(edits[round % 2].as_str()));
+        // A filter that skips the bench leaves the document at `base`.
+        let expected = if round == 0 { &base } else { &edits[round % 2] };
+        assert_eq!(doc.text().as_ref(), Some(expected));
     }
     group.finish();
 }
