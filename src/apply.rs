@@ -397,9 +397,10 @@ fn write_file(
     };
     // The index row is durable with the write: committed as an intent before the rename,
     // settled by what the disk holds if the process stops before the row itself is.
-    let mut before_swap = |temp: Stat| {
+    let mut before_swap = |temp_name: &str, temp: Stat| {
         m.touched.insert(path.to_string());
-        journal(path, &WriteIntent { old: recorded.clone(), new: row(temp) })
+        let temp_path = crate::scan::join(parent_of(path), temp_name);
+        journal(path, &WriteIntent { old: recorded.clone(), new: row(temp), temp: temp_path })
     };
     match write_atomic(&dir, name, source, mode, expected, keep_in, &mut before_swap)? {
         Some(stat) => {
@@ -452,7 +453,7 @@ pub enum Source<'a> {
 /// `RENAME_NOREPLACE` for a new file), and the file swapped out is checked afterwards: if
 /// the user wrote to it between our check and the swap, it is swapped back and `Ok(None)`
 /// says "ingest the local edit first". The old file is moved to `keep_old` if given.
-/// `before_swap` is told the temp file's [`Stat`] once its content is durable, before the
+/// `before_swap` is told the temp file's name and [`Stat`] once its content is durable, before the
 /// target is touched (an error leaves the target alone). Returns the new file's [`Stat`].
 pub fn write_atomic(
     dir: &Dir,
@@ -461,7 +462,7 @@ pub fn write_atomic(
     mode: Option<u32>,
     expected: Option<Stat>,
     keep_old: Option<(&Dir, &str)>,
-    before_swap: &mut dyn FnMut(Stat) -> io::Result<()>,
+    before_swap: &mut dyn FnMut(&str, Stat) -> io::Result<()>,
 ) -> io::Result<Option<Stat>> {
     let (tmp, mut f) = dir.create_temp(mode.unwrap_or(0o644))?;
     let written = (|| {
@@ -475,7 +476,7 @@ pub fn write_atomic(
             f.set_permissions(fs::Permissions::from_mode(mode & 0o777))?;
         }
         f.sync_all()?;
-        before_swap(stat_of(&f.metadata()?))
+        before_swap(&tmp, stat_of(&f.metadata()?))
     })();
     let outcome = written.and_then(|()| match expected {
         None => match dir.rename(&tmp, dir, target, RenameFlags::NOREPLACE) {
@@ -556,11 +557,19 @@ pub fn remove_stale_temp_files(root: &Root) {
 }
 
 /// Settles the file writes a stopped process left under way (see [`WriteIntent`]): the
-/// disk says whether each rename happened. A target holding the temp file's inode got the
-/// write: its row is the new one, with the temp file's stat, which the rename's ctime
-/// already differs from, so the scan reads the file again and a user edit made since is
-/// recorded against the version written. Anything else keeps the old row: at worst a
-/// peer's change is merged in twice, never taken as seen by a user who may not have had it.
+/// disk says whether each rename happened.
+/// - The target holds the temp file's inode: it got the write, its row is the new one
+///   (with the temp file's stat, which the rename's ctime already differs from, so the
+///   scan reads the file again and a user edit made since is recorded against the version
+///   written).
+/// - The temp file is still there, with its inode: the rename never happened, the old row
+///   stands.
+/// - Neither, and the target is gone: the rename happened and the user moved or deleted
+///   the file while the process was down. The new row lets the scan find it by inode
+///   wherever it went (the old row would make it a new file: a second copy).
+/// - Anything else (another file at the target) keeps the old row: at worst a peer's
+///   change is merged in twice, never taken as seen by a user who may not have had it.
+///
 /// Returns every path concerned (persist their rows: that also clears the intents).
 pub fn resolve_intents(
     root: &Root,
@@ -569,8 +578,18 @@ pub fn resolve_intents(
 ) -> BTreeSet<String> {
     let mut touched = BTreeSet::new();
     for (path, intent) in intents {
-        let on_disk = root.parent(&path).and_then(|(dir, name)| dir.metadata(name)).ok();
-        let written = on_disk.is_some_and(|meta| meta.is_file() && stat_of(&meta).ino == intent.new.stat.ino);
+        let file_at = |p: &str| {
+            root.parent(p)
+                .and_then(|(dir, name)| dir.metadata(name))
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| stat_of(&m).ino)
+        };
+        let ino = intent.new.stat.ino;
+        let written = match (file_at(&path), file_at(&intent.temp)) {
+            (Some(target), _) => target == ino,
+            (None, temp) => temp != Some(ino),
+        };
         let row = if written { Some(intent.new) } else { intent.old };
         match row {
             Some(row) => index.insert(path.clone(), row),

@@ -99,6 +99,8 @@ pub struct WriteIntent {
     pub old: Option<IndexEntry>,
     /// The index row after it.
     pub new: IndexEntry,
+    /// Where the new content waits until the rename (relative to the folder root).
+    pub temp: String,
 }
 
 /// File system timestamps are coarse (a kernel tick, a few ms): a write this close to
@@ -464,7 +466,7 @@ mod tests {
         let mut s = Store::open(&dir.path().join("state.redb")).unwrap();
         let new =
             IndexEntry::file(DocId([1; 16]), Stat { ino: 9, ..Stat::default() }, [2; 32], vec![[3; 32]]);
-        let intent = WriteIntent { old: None, new: new.clone() };
+        let intent = WriteIntent { old: None, new: new.clone(), temp: ".teatime-tmp.1".into() };
         s.begin_write("a.md", &intent).unwrap();
         assert_eq!(s.load().unwrap().intents, vec![("a.md".to_string(), intent)]);
         s.commit(Batch { index: vec![("a.md".into(), Some(new))], ..Default::default() }).unwrap();

@@ -75,6 +75,26 @@ fn a_remote_edit_written_before_a_crash_is_not_doubled_by_a_later_local_edit() {
     settle(&[&a, &b], &mut expected);
 }
 
+/// A peer's new file written just before a crash, then moved by the user while the
+/// process was down: the write intent says the rename happened (the temp file is gone), so
+/// the restart scan finds the file by inode at its new path, a move, not a second file with
+/// the same text (found by the crash torture test).
+#[test]
+fn a_remote_file_written_before_a_crash_and_moved_while_down_is_moved_not_copied() {
+    let mut expected = one_file("seed.txt", "seed\n");
+    let (mut a, b) = connected_pair(&expected);
+    restart_armed(&mut a, "after-materialise", "new.txt");
+    b.write("new.txt", "from b\n");
+    wait_crashed(&mut a, "after-materialise");
+    assert_eq!(a.read("new.txt").as_deref(), Some(&b"from b\n"[..]), "the write happened before the crash");
+
+    fs::create_dir(a.path("moved")).unwrap();
+    fs::rename(a.path("new.txt"), a.path("moved/new.txt")).unwrap();
+    a.sync();
+    put_file(&mut expected, "moved/new.txt", "from b\n");
+    settle(&[&a, &b], &mut expected);
+}
+
 /// A crash between the write intent and the rename: the temp file is removed at startup,
 /// the file still holds the old version (so a user edit made meanwhile is merged against
 /// it), and the peer's change that was never written is written after the restart.
