@@ -16,6 +16,9 @@
 //! 6. record the new [`Stat`] and hash in the index, so the watcher's event for our own
 //!    write is recognised as "nothing changed" (no echo).
 //!
+//! Files go in batches: steps 1 to 3 for each, one commit of all their write intents
+//! (a [`Journal`]), then steps 4 and 5, the directory fsynced once per batch.
+//!
 //! Nothing is ever deleted or overwritten unless the index says teatime put it there and
 //! it is unchanged since; untracked files at a target path are left alone and reported, so
 //! the caller ingests them (and the tree gives one of the two a conflict name).
@@ -69,9 +72,13 @@ pub enum Body {
     },
 }
 
-/// Makes a file write durable before its rename (commits the [`WriteIntent`]); an error
-/// stops the write.
-pub type Journal<'a> = dyn FnMut(&str, &WriteIntent) -> io::Result<()> + 'a;
+/// Makes file writes durable before their renames (commits their [`WriteIntent`]s, by
+/// path, in one transaction); an error stops those writes.
+pub type Journal<'a> = dyn FnMut(&[(String, WriteIntent)]) -> io::Result<()> + 'a;
+
+/// Temp files written before their intents are committed together: one durable commit
+/// per this many files instead of one per file (a joiner materialises thousands at once).
+const WRITE_BATCH: usize = 256;
 
 /// Where the losing versions of binary races are kept, inside the state directory.
 pub const VERSIONS_DIR: &str = "versions";
@@ -182,17 +189,22 @@ pub fn materialize(
     }
 
     // 2. Moves, parents first, then 3. creations and content, also parents first.
+    // File writes wait in `pending` (content durable in temp files) until a batch's
+    // intents are committed at once; a move renames paths under them, so it goes after.
     let mut where_is: HashMap<DocId, String> = index.iter().map(|(p, e)| (e.id, p.clone())).collect();
+    let mut pending: Vec<Prepared> = Vec::new();
     for (path, &(id, kind)) in &tree.by_path {
         if skip(path, kind == EntryKind::Dir) {
             continue;
         }
         if let Some(current) = where_is.get(&id).cloned()
             && current != *path
-            && let Err(err) = move_entry(root, index, &mut where_is, &mut m, &current, path)
         {
-            m.errors.push((path.clone(), id, err));
-            continue;
+            swap_in_batch(index, &mut m, &mut pending, journal);
+            if let Err(err) = move_entry(root, index, &mut where_is, &mut m, &current, path) {
+                m.errors.push((path.clone(), id, err));
+                continue;
+            }
         }
         let result = match kind {
             EntryKind::Dir => ensure_dir(root, index, &mut m, path, id),
@@ -200,7 +212,8 @@ pub fn materialize(
                 let fresh = index.get(path).is_none_or(|e| e.id != id);
                 if fresh || changed.contains(&id) {
                     match content_of(id) {
-                        Some(content) => write_file(root, index, &mut m, path, id, content, journal),
+                        Some(content) => write_file(root, index, &mut m, path, id, content)
+                            .map(|prepared| pending.extend(prepared)),
                         None => Ok(()),
                     }
                 } else {
@@ -214,8 +227,76 @@ pub fn materialize(
         if let Some(e) = index.get(path) {
             where_is.insert(e.id, path.clone());
         }
+        if pending.len() >= WRITE_BATCH {
+            swap_in_batch(index, &mut m, &mut pending, journal);
+        }
     }
+    swap_in_batch(index, &mut m, &mut pending, journal);
     m
+}
+
+/// A file write whose new content is durable in a temp file next to the target, waiting
+/// for its intent to be committed before the swap.
+struct Prepared {
+    path: String,
+    id: DocId,
+    dir: Dir,
+    name: String,
+    temp: PreparedTemp,
+    expected: Option<Stat>,
+    /// Where the old file goes instead of being removed (a losing binary version).
+    keep: Option<(Dir, String)>,
+    intent: WriteIntent,
+}
+
+/// Commits the intents of `pending` in one transaction, then swaps each file in (steps 4
+/// and 5 of the module doc) and records its row.
+fn swap_in_batch(
+    index: &mut Index,
+    m: &mut Materialized,
+    pending: &mut Vec<Prepared>,
+    journal: &mut Journal<'_>,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(pending);
+    // Touched from here on: the rows persisted after the pass clear the intents.
+    m.touched.extend(batch.iter().map(|p| p.path.clone()));
+    let intents: Vec<(String, WriteIntent)> =
+        batch.iter().map(|p| (p.path.clone(), p.intent.clone())).collect();
+    if let Err(err) = journal(&intents) {
+        for p in batch {
+            let _ = p.dir.unlink(&p.temp.name);
+            m.errors.push((p.path, p.id, io::Error::new(err.kind(), err.to_string())));
+        }
+        return;
+    }
+    let mut swapped_in: HashMap<&str, &Dir> = HashMap::new();
+    for p in &batch {
+        let keep = p.keep.as_ref().map(|(dir, name)| (dir, name.as_str()));
+        match swap_temp(&p.dir, &p.temp, &p.name, p.expected, keep) {
+            Ok(Some(stat)) => {
+                index.insert(
+                    p.path.clone(),
+                    IndexEntry { stat, racy: stat.is_recent(), ..p.intent.new.clone() },
+                );
+                if let Some((_, kept)) = &p.keep {
+                    m.kept_versions.push((p.path.clone(), format!("{STATE_DIR}/{VERSIONS_DIR}/{kept}")));
+                }
+                swapped_in.insert(parent_of(&p.path), &p.dir);
+            }
+            Ok(None) => {
+                m.local_first.insert(p.path.clone());
+            }
+            Err(err) => m.errors.push((p.path.clone(), p.id, err)),
+        }
+    }
+    // Step 5's directory fsync, once per directory of the batch (before any row is
+    // committed, like one per file).
+    for dir in swapped_in.values() {
+        dir.fsync();
+    }
 }
 
 /// Whether everything under `dir` is skipped or never synced (names that may not reach
@@ -320,6 +401,8 @@ fn ensure_dir(root: &Root, index: &mut Index, m: &mut Materialized, path: &str, 
     Ok(())
 }
 
+/// Writes the file's new content to a temp file (steps 1 to 3 of the module doc), or only
+/// updates its row if the bytes are already there. `Some`: the swap waits for its intent.
 fn write_file(
     root: &Root,
     index: &mut Index,
@@ -327,8 +410,7 @@ fn write_file(
     path: &str,
     id: DocId,
     content: Content,
-    journal: &mut Journal<'_>,
-) -> io::Result<()> {
+) -> io::Result<Option<Prepared>> {
     let (hash, heads, binary, losers) = match &content.body {
         Body::Text { text, heads } => {
             (*blake3::hash(text.as_bytes()).as_bytes(), heads.clone(), false, &[][..])
@@ -350,13 +432,13 @@ fn write_file(
             index.insert(path.to_string(), e);
             m.touched.insert(path.to_string());
         }
-        return Ok(());
+        return Ok(None);
     }
     let source = match &content.body {
         Body::Text { text, .. } => Source::Bytes(text.as_bytes()),
         Body::Blob { source: Some(f), .. } => Source::File(f),
         Body::Blob { hash, .. } if *hash == *blake3::hash(b"").as_bytes() => Source::Bytes(b""),
-        Body::Blob { .. } => return Ok(()), // not here yet: written once it has arrived
+        Body::Blob { .. } => return Ok(None), // not here yet: written once it has arrived
     };
     let mode = match dir.metadata(name) {
         Ok(meta) => {
@@ -365,7 +447,7 @@ fn write_file(
             if !unchanged {
                 // Edited since we last looked, or not ours at all: ingest first.
                 m.local_first.insert(path.to_string());
-                return Ok(());
+                return Ok(None);
             }
             Some(meta.permissions().mode())
         }
@@ -387,7 +469,6 @@ fn write_file(
         }
         None => None,
     };
-    let keep_in = keep.as_ref().map(|(dir, name)| (dir, name.as_str()));
     let row = |stat: Stat| {
         if binary {
             IndexEntry::binary(id, stat, hash)
@@ -395,26 +476,24 @@ fn write_file(
             IndexEntry::file(id, stat, hash, heads.clone())
         }
     };
+    let temp = write_temp(&dir, source, mode)?;
     // The index row is durable with the write: committed as an intent before the rename,
     // settled by what the disk holds if the process stops before the row itself is.
-    let mut before_swap = |temp_name: &str, temp: Stat| {
-        m.touched.insert(path.to_string());
-        let temp_path = crate::scan::join(parent_of(path), temp_name);
-        journal(path, &WriteIntent { old: recorded.clone(), new: row(temp), temp: temp_path })
+    let intent = WriteIntent {
+        old: recorded.clone(),
+        new: row(temp.stat),
+        temp: crate::scan::join(parent_of(path), &temp.name),
     };
-    match write_atomic(&dir, name, source, mode, expected, keep_in, &mut before_swap)? {
-        Some(stat) => {
-            index.insert(path.to_string(), row(stat));
-            m.touched.insert(path.to_string());
-            if let Some((_, kept)) = keep {
-                m.kept_versions.push((path.to_string(), format!("{STATE_DIR}/{VERSIONS_DIR}/{kept}")));
-            }
-        }
-        None => {
-            m.local_first.insert(path.to_string());
-        }
-    }
-    Ok(())
+    Ok(Some(Prepared {
+        path: path.to_string(),
+        id,
+        name: name.to_string(),
+        dir,
+        temp,
+        expected,
+        keep,
+        intent,
+    }))
 }
 
 /// The longest prefix of `name` within `max` bytes, cut at a character boundary.
@@ -448,22 +527,17 @@ pub enum Source<'a> {
     File(&'a File),
 }
 
-/// Steps 2 to 5 of the module doc, for the file `target` in `dir`. `expected` is what the
-/// target must still be (`None`: it must not exist). The swap is a `RENAME_EXCHANGE` (or
-/// `RENAME_NOREPLACE` for a new file), and the file swapped out is checked afterwards: if
-/// the user wrote to it between our check and the swap, it is swapped back and `Ok(None)`
-/// says "ingest the local edit first". The old file is moved to `keep_old` if given.
-/// `before_swap` is told the temp file's name and [`Stat`] once its content is durable, before the
-/// target is touched (an error leaves the target alone). Returns the new file's [`Stat`].
-pub fn write_atomic(
-    dir: &Dir,
-    target: &str,
-    source: Source<'_>,
-    mode: Option<u32>,
-    expected: Option<Stat>,
-    keep_old: Option<(&Dir, &str)>,
-    before_swap: &mut dyn FnMut(&str, Stat) -> io::Result<()>,
-) -> io::Result<Option<Stat>> {
+/// A temp file holding new content, durable, not yet renamed into place.
+pub struct PreparedTemp {
+    /// Its name in the directory.
+    pub name: String,
+    /// Its [`Stat`] once written and synced.
+    pub stat: Stat,
+}
+
+/// Steps 2 and 3 of the module doc: the content in a fresh temp file in `dir`, synced. On
+/// error nothing is left behind.
+pub fn write_temp(dir: &Dir, source: Source<'_>, mode: Option<u32>) -> io::Result<PreparedTemp> {
     let (tmp, mut f) = dir.create_temp(mode.unwrap_or(0o644))?;
     let written = (|| {
         match source {
@@ -476,36 +550,60 @@ pub fn write_atomic(
             f.set_permissions(fs::Permissions::from_mode(mode & 0o777))?;
         }
         f.sync_all()?;
-        before_swap(&tmp, stat_of(&f.metadata()?))
+        Ok(stat_of(&f.metadata()?))
     })();
-    let outcome = written.and_then(|()| match expected {
-        None => match dir.rename(&tmp, dir, target, RenameFlags::NOREPLACE) {
+    match written {
+        Ok(stat) => Ok(PreparedTemp { name: tmp, stat }),
+        Err(e) => {
+            let _ = dir.unlink(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Steps 4 and 5 of the module doc, for a temp file [`write_temp`] made in `dir` and the
+/// file `target` there. `expected` is what the target must still be (`None`: it must not
+/// exist). The swap is a `RENAME_EXCHANGE` (or `RENAME_NOREPLACE` for a new file), and the
+/// file swapped out is checked afterwards: if the user wrote to it between our check and
+/// the swap, it is swapped back and `Ok(None)` says "ingest the local edit first". The old
+/// file is moved to `keep_old` if given. The temp file is gone afterwards; the caller
+/// fsyncs `dir` (once for many swaps). Returns the new file's [`Stat`].
+pub fn swap_temp(
+    dir: &Dir,
+    temp: &PreparedTemp,
+    target: &str,
+    expected: Option<Stat>,
+    keep_old: Option<(&Dir, &str)>,
+) -> io::Result<Option<Stat>> {
+    let tmp = temp.name.as_str();
+    let outcome = match expected {
+        None => match dir.rename(tmp, dir, target, RenameFlags::NOREPLACE) {
             Ok(()) => Ok(true),
             // Someone created the file meanwhile: it is theirs, not ours to replace.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(e),
         },
-        Some(expected) => {
-            dir.rename(&tmp, dir, target, RenameFlags::EXCHANGE)?;
+        Some(expected) => (|| {
+            dir.rename(tmp, dir, target, RenameFlags::EXCHANGE)?;
             // `tmp` now holds what was at the target. Renaming changed its ctime, so
             // compare what a writer changes: inode, size, mtime.
-            let swapped = dir.metadata(&tmp).map(|m| stat_of(&m));
+            let swapped = dir.metadata(tmp).map(|m| stat_of(&m));
             let same = swapped.as_ref().is_ok_and(|s| {
                 s.ino == expected.ino && s.size == expected.size && s.mtime_ns == expected.mtime_ns
             });
             if !same {
-                dir.rename(&tmp, dir, target, RenameFlags::EXCHANGE)?;
+                dir.rename(tmp, dir, target, RenameFlags::EXCHANGE)?;
             }
             Ok(same)
-        }
-    });
+        })(),
+    };
     // `tmp` holds what the target held before (or our copy, if it did not go in): kept
     // if asked, else removed.
     let kept = match (&outcome, keep_old) {
         (Ok(true), Some((keep_dir, keep_name))) if expected.is_some() => {
-            dir.rename(&tmp, keep_dir, keep_name, RenameFlags::empty())
+            dir.rename(tmp, keep_dir, keep_name, RenameFlags::empty())
         }
-        _ => dir.unlink(&tmp),
+        _ => dir.unlink(tmp),
     };
     if !outcome? {
         return Ok(None);
@@ -513,7 +611,6 @@ pub fn write_atomic(
     if keep_old.is_some() {
         kept?;
     }
-    dir.fsync();
     Ok(Some(stat_of(&dir.metadata(target)?)))
 }
 

@@ -8,8 +8,9 @@
 //! - `after-documents-persisted`: a commit of documents and the index rows recorded with
 //!   them is durable; nothing written to the folder or sent yet. `<path>` matches an index
 //!   row in the commit, or the indexed path of a document in it.
-//! - `before-rename`: a file's new content is in its temp file and its write intent is
-//!   committed; the target is untouched.
+//! - `before-rename`: a batch of files' new contents are in their temp files and their
+//!   write intents are committed; the targets are untouched. `<path>` matches any file
+//!   of the batch.
 //! - `after-materialise`: files are written; their index rows are not committed yet, and
 //!   nothing has been sent.
 

@@ -380,11 +380,17 @@ impl Store {
         Ok(())
     }
 
-    /// Commits, durably, that `path` is about to be replaced (see [`WriteIntent`]).
-    pub fn begin_write(&self, path: &str, intent: &WriteIntent) -> Result<()> {
+    /// Commits, durably and in one transaction, that these paths are about to be replaced
+    /// (see [`WriteIntent`]).
+    pub fn begin_writes(&self, intents: &[(String, WriteIntent)]) -> Result<()> {
         self.writable()?;
         let tx = self.db.begin_write()?;
-        tx.open_table(WRITES)?.insert(path, postcard::to_stdvec(intent)?.as_slice())?;
+        {
+            let mut table = tx.open_table(WRITES)?;
+            for (path, intent) in intents {
+                table.insert(path.as_str(), postcard::to_stdvec(intent)?.as_slice())?;
+            }
+        }
         tx.commit()?;
         Ok(())
     }
@@ -467,7 +473,7 @@ mod tests {
         let new =
             IndexEntry::file(DocId([1; 16]), Stat { ino: 9, ..Stat::default() }, [2; 32], vec![[3; 32]]);
         let intent = WriteIntent { old: None, new: new.clone(), temp: ".teatime-tmp.1".into() };
-        s.begin_write("a.md", &intent).unwrap();
+        s.begin_writes(&[("a.md".to_string(), intent.clone())]).unwrap();
         assert_eq!(s.load().unwrap().intents, vec![("a.md".to_string(), intent)]);
         s.commit(Batch { index: vec![("a.md".into(), Some(new))], ..Default::default() }).unwrap();
         assert!(s.load().unwrap().intents.is_empty());

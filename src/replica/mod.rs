@@ -1487,9 +1487,9 @@ impl Replica {
                 filter.excludes(path, is_dir) || held.iter().any(|h| scan::is_within(path, h))
             };
             let store = &self.store;
-            let mut journal = |path: &str, intent: &crate::store::WriteIntent| {
-                store.begin_write(path, intent).map_err(io::Error::other)?;
-                crate::crash::point(crate::crash::BEFORE_RENAME, [path]);
+            let mut journal = |intents: &[(String, crate::store::WriteIntent)]| {
+                store.begin_writes(intents).map_err(io::Error::other)?;
+                crate::crash::point(crate::crash::BEFORE_RENAME, intents.iter().map(|(p, _)| p.as_str()));
                 Ok(())
             };
             let m = materialize(

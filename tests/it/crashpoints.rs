@@ -115,6 +115,32 @@ fn a_crash_before_the_rename_leaves_no_temp_file_and_loses_nothing() {
     assert_eq!(temp_files(&a), Vec::<String>::new());
 }
 
+/// Writes go in batches (one intent commit, then the renames): a crash before the renames
+/// of a batch holding new files and an edit leaves every target untouched, and after the
+/// restart each file is there once, with the user's edit merged, and no temp file.
+#[test]
+fn a_crash_before_a_batch_of_renames_loses_nothing_and_doubles_nothing() {
+    let mut expected = one_file("notes.txt", "one\n");
+    let (mut a, b) = connected_pair(&expected);
+    restart_armed(&mut a, "before-rename", "notes.txt");
+    for i in 0..5 {
+        b.write(&format!("new{i}.txt"), format!("new {i}\n"));
+    }
+    b.write("notes.txt", "one\ntwo\n");
+    wait_crashed(&mut a, "before-rename");
+    assert!(!temp_files(&a).is_empty(), "the crash left the temp files: {:?}", all_paths(a.dir()));
+    assert_eq!(a.read("notes.txt").as_deref(), Some(&b"one\n"[..]), "the target was not replaced");
+
+    a.write("notes.txt", "zero\none\n");
+    a.sync();
+    for i in 0..5 {
+        put_file(&mut expected, &format!("new{i}.txt"), format!("new {i}\n"));
+    }
+    put_file(&mut expected, "notes.txt", "zero\none\ntwo\n");
+    settle(&[&a, &b], &mut expected);
+    assert_eq!(temp_files(&a), Vec::<String>::new());
+}
+
 /// A peer's edit persisted but not written to disk when the process crashed was never seen
 /// by the user: a deletion of the file while the process was down names the version the
 /// disk held, so the unseen edit wins and the file comes back with it, everywhere.
