@@ -295,6 +295,8 @@ pub struct Replica {
     waiting: intake::Waiting<EndpointId, DocId>,
     /// The folder's presence, the mass-delete breaker, disk space (see [`guards`]).
     guards: guards::Guards,
+    /// New files' documents built ahead by the scan on every core, for `record` to take.
+    prebuilt: HashMap<DocId, FileDoc>,
 }
 
 /// The rendered tree, recomputed only when the folder document changed or a file
@@ -354,6 +356,42 @@ impl FileFacts for Facts<'_> {
 }
 
 /// Milliseconds since the epoch: the wall clock, used only to weigh races.
+/// Below this much new text the documents are built in `record`, one by one: threads
+/// would cost more than they save.
+const PARALLEL_IMPORT_BYTES: usize = 256 * 1024;
+
+/// The documents of new text files, built on every core: inserting the text into
+/// Automerge is most of an import's work and each document is independent. What the
+/// folder records stays in the scan's order (`record` takes these by id). A document
+/// that fails here is left to `record`, which reports the error.
+fn build_file_docs(actor: &ActorId, files: Vec<(DocId, &str)>, at_ms: i64) -> HashMap<DocId, FileDoc> {
+    let bytes: usize = files.iter().map(|(_, text)| text.len()).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len());
+    if bytes < PARALLEL_IMPORT_BYTES || threads < 2 {
+        return HashMap::new();
+    }
+    // Files vary in size: each thread takes the next one when done (no fixed shares).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut built = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((id, text)) = files.get(i) else { break };
+                        if let Ok(doc) = FileDoc::create(actor.clone(), text, at_ms) {
+                            built.push((*id, doc));
+                        }
+                    }
+                    built
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    })
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -410,6 +448,7 @@ impl Replica {
         let index_touched = apply::resolve_intents(&fs, &mut index, loaded.intents);
         let mut replica = Replica {
             guards,
+            prebuilt: HashMap::new(),
             mode,
             peer_filters: HashMap::new(),
             progress: Default::default(),
@@ -1123,6 +1162,17 @@ impl Replica {
             if creates { self.tree.get(&mut self.folder, &mut self.files).clone() } else { Tree::default() };
         let role = self.my_role();
         let mode = self.mode();
+        if mode != Mode::ReceiveOnly {
+            let new_files = r.ops.iter().filter_map(|op| match op {
+                LocalOp::CreateFile { id, path, content, .. }
+                    if policy::allows_local(role, op) && !tree.by_path.contains_key(path) =>
+                {
+                    Some((*id, content.as_str()))
+                }
+                _ => None,
+            });
+            self.prebuilt = build_file_docs(&self.id.actor, new_files.collect(), now_ms() as i64);
+        }
         let mut refused = BTreeSet::new();
         for op in r.ops {
             if !policy::allows_local(role, &op) {
@@ -1140,6 +1190,7 @@ impl Replica {
                 warn!("could not record a local change: {e:#}");
             }
         }
+        self.prebuilt.clear();
         self.folder.commit_at(now_ms() as i64);
         if scope == Scope::All {
             self.held = held;
@@ -1253,7 +1304,10 @@ impl Replica {
                 self.set_index(path, entry);
             }
             LocalOp::CreateFile { id, path, content, stat, hash } => {
-                let mut file = FileDoc::create(self.id.actor.clone(), &content, now_ms() as i64)?;
+                let mut file = match self.prebuilt.remove(&id) {
+                    Some(file) => file,
+                    None => FileDoc::create(self.id.actor.clone(), &content, now_ms() as i64)?,
+                };
                 let heads = hashes(&file.heads());
                 self.files.insert(id, file);
                 let parent = self.parent_id(&path);
