@@ -297,6 +297,9 @@ pub struct Replica {
     guards: guards::Guards,
     /// New files' documents built ahead by the scan on every core, for `record` to take.
     prebuilt: HashMap<DocId, FileDoc>,
+    /// New text files of a big import not recorded yet, in the scan's order: recorded a
+    /// chunk per flush, so peers are admitted and served while the import runs.
+    import_rest: Vec<LocalOp>,
 }
 
 /// The rendered tree, recomputed only when the folder document changed or a file
@@ -355,7 +358,10 @@ impl FileFacts for Facts<'_> {
     }
 }
 
-/// Milliseconds since the epoch: the wall clock, used only to weigh races.
+/// A scan records at most this much new text at once; the rest of an import follows a
+/// chunk per flush, so a join is answered and the first files sent within about a second.
+const IMPORT_CHUNK_BYTES: usize = 2 * 1024 * 1024;
+
 /// Below this much new text the documents are built in `record`, one by one: threads
 /// would cost more than they save.
 const PARALLEL_IMPORT_BYTES: usize = 256 * 1024;
@@ -392,6 +398,7 @@ fn build_file_docs(actor: &ActorId, files: Vec<(DocId, &str)>, at_ms: i64) -> Ha
     })
 }
 
+/// Milliseconds since the epoch: the wall clock, used only to weigh races.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -449,6 +456,7 @@ impl Replica {
         let mut replica = Replica {
             guards,
             prebuilt: HashMap::new(),
+            import_rest: Vec::new(),
             mode,
             peer_filters: HashMap::new(),
             progress: Default::default(),
@@ -596,6 +604,9 @@ impl Replica {
                 let soon = tokio::time::Instant::now() + BACKLOG_POLL;
                 wake = Some(wake.map_or(soon, |w| w.min(soon)));
             }
+            if !self.import_rest.is_empty() {
+                wake = Some(tokio::time::Instant::now());
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -625,6 +636,8 @@ impl Replica {
                     }
                 }
             }
+            // After the events: a join waiting for admission is answered between chunks.
+            self.import_more();
             self.flush();
         }
         // Last look at the disk, so an edit made just before shutdown is not left for later.
@@ -1138,6 +1151,13 @@ impl Replica {
             self.reload_filter();
             scope = Scope::All;
         }
+        // Untracked files this scan looks at are seen again: its ops replace the deferred.
+        match &scope {
+            Scope::All => self.import_rest.clear(),
+            Scope::Paths(paths) => self
+                .import_rest
+                .retain(|op| op.paths().iter().all(|p| !paths.iter().any(|h| scan::is_within(p, h)))),
+        }
         let mut new_id = || DocId(rand::random());
         let text_limit = self.text_limit();
         let mut r = scan::reconcile(&self.fs, &self.index, &scope, &self.filter, text_limit, &mut new_id);
@@ -1163,6 +1183,7 @@ impl Replica {
         let role = self.my_role();
         let mode = self.mode();
         if mode != Mode::ReceiveOnly {
+            r.ops = self.defer_import(r.ops, role);
             let new_files = r.ops.iter().filter_map(|op| match op {
                 LocalOp::CreateFile { id, path, content, .. }
                     if policy::allows_local(role, op) && !tree.by_path.contains_key(path) =>
@@ -1203,6 +1224,69 @@ impl Replica {
         }
         if !r.unstable.is_empty() {
             self.hint(Scope::Paths(r.unstable.into_iter().collect()));
+        }
+    }
+
+    /// Keeps the first [`IMPORT_CHUNK_BYTES`] of new text files (and every other op) for
+    /// this scan, the rest of the new files for [`Self::import_more`].
+    fn defer_import(&mut self, ops: Vec<LocalOp>, role: Role) -> Vec<LocalOp> {
+        let new_bytes = |op: &LocalOp| match op {
+            LocalOp::CreateFile { content, .. } if policy::allows_local(role, op) => Some(content.len() + 1),
+            _ => None,
+        };
+        if ops.iter().filter_map(new_bytes).sum::<usize>() <= IMPORT_CHUNK_BYTES {
+            return ops;
+        }
+        let mut budget = IMPORT_CHUNK_BYTES;
+        let mut now = Vec::new();
+        for op in ops {
+            match new_bytes(&op) {
+                Some(_) if budget == 0 => self.import_rest.push(op),
+                Some(n) => {
+                    budget = budget.saturating_sub(n);
+                    now.push(op);
+                }
+                None => now.push(op),
+            }
+        }
+        info!(now = now.len(), later = self.import_rest.len(), "big import: recording new files in chunks");
+        now
+    }
+
+    /// Records the next chunk of a big import (see [`Self::defer_import`]).
+    fn import_more(&mut self) {
+        if self.import_rest.is_empty() || !self.folder_present() {
+            return;
+        }
+        let mut budget = IMPORT_CHUNK_BYTES;
+        let mut n = 0;
+        while n < self.import_rest.len() && budget > 0 {
+            if let LocalOp::CreateFile { content, .. } = &self.import_rest[n] {
+                budget = budget.saturating_sub(content.len() + 1);
+            }
+            n += 1;
+        }
+        let chunk: Vec<LocalOp> = self.import_rest.drain(..n).collect();
+        // Recorded meanwhile (a scan of its path, e.g. after a peer wrote there): not again.
+        let chunk: Vec<LocalOp> =
+            chunk.into_iter().filter(|op| op.paths().iter().all(|p| !self.index.contains_key(p))).collect();
+        let tree = self.tree.get(&mut self.folder, &mut self.files).clone();
+        let new_files = chunk.iter().filter_map(|op| match op {
+            LocalOp::CreateFile { id, path, content, .. } if !tree.by_path.contains_key(path) => {
+                Some((*id, content.as_str()))
+            }
+            _ => None,
+        });
+        self.prebuilt = build_file_docs(&self.id.actor, new_files.collect(), now_ms() as i64);
+        for op in chunk {
+            if let Err(e) = self.record(op, &tree) {
+                warn!("could not record a local change: {e:#}");
+            }
+        }
+        self.prebuilt.clear();
+        self.folder.commit_at(now_ms() as i64);
+        if self.import_rest.is_empty() {
+            info!("big import: done");
         }
     }
 
