@@ -359,8 +359,8 @@ impl FileFacts for Facts<'_> {
 }
 
 /// A scan records at most this much new text at once; the rest of an import follows a
-/// chunk per flush, so a join is answered and the first files sent within about a second.
-const IMPORT_CHUNK_BYTES: usize = 2 * 1024 * 1024;
+/// chunk per flush, so a join is answered and the first files sent within a second.
+const IMPORT_CHUNK_BYTES: usize = 512 * 1024;
 
 /// Below this much new text the documents are built in `record`, one by one: threads
 /// would cost more than they save.
