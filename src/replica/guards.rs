@@ -246,17 +246,23 @@ impl Replica {
         if !errors.iter().any(|(_, _, e)| is_no_space(e)) {
             return;
         }
+        self.mark_disk_full("a write failed");
+        self.guards.schedule_poll();
+    }
+
+    /// Records that a write (`what`) failed for lack of space: nothing is written until
+    /// there is more free than now. Warns once per episode.
+    fn mark_disk_full(&mut self, what: &str) {
         let (free, total) = self.fs.free_space().unwrap_or((0, 0));
         if self.guards.disk.is_none() {
             warn!(
                 free,
-                "disk full: a write failed with {free} bytes free on {}: remote changes wait until space frees",
+                "disk full: {what} with {free} bytes free on {}: remote changes wait until space frees",
                 self.root.display()
             );
         }
         let min = self.guards.min_free.bytes(total);
         self.guards.disk = Some(DiskFull { free, min, failed_at: Some(free) });
-        self.guards.schedule_poll();
     }
 
     /// The state database refused a write: it is reopened at the next look (redb refuses
@@ -265,16 +271,7 @@ impl Replica {
         self.guards.store_error = Some(format!("{e:#}"));
         self.guards.schedule_poll();
         if store_out_of_space(e) {
-            let (free, total) = self.fs.free_space().unwrap_or((0, 0));
-            if self.guards.disk.is_none() {
-                warn!(
-                    free,
-                    "disk full: the folder's state could not be saved with {free} bytes free on {}",
-                    self.root.display()
-                );
-            }
-            let min = self.guards.min_free.bytes(total);
-            self.guards.disk = Some(DiskFull { free, min, failed_at: Some(free) });
+            self.mark_disk_full("the folder's state could not be saved");
         } else {
             let _ = self.disk_has_room();
         }
