@@ -95,31 +95,39 @@ pub fn check(dir: &Path) -> Result<Report> {
         Ok(false) => report.problems.push("redb's integrity check failed (checksums)".into()),
         Err(e) => report.problems.push(format!("redb's integrity check could not run: {e:#}")),
     }
-    let loaded = match store.load() {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            report.problems.push(format!("the state does not read: {e:#}"));
-            return Ok(report);
-        }
-    };
     let folder_id = store
         .meta(META_FOLDER)?
         .map(|bytes| bytes.as_slice().try_into().map(DocId))
         .transpose()
         .map_err(|_| anyhow::anyhow!("the stored folder id is malformed"))?;
+    let (loaded, docs) =
+        match store.load(folder_id.unwrap_or(DocId([0; 16]))).and_then(|l| Ok((l, store.all_docs()?))) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                report.problems.push(format!("the state does not read: {e:#}"));
+                return Ok(report);
+            }
+        };
 
-    report.documents = loaded.docs.len();
+    report.documents = docs.len();
     report.index_rows = loaded.index.len();
     let mut folder = None;
     let mut files = BTreeMap::new();
-    for (id, snapshot, changes) in loaded.docs {
-        let doc = match load_verified(&snapshot, &changes) {
+    for (id, stored) in docs {
+        let mut doc = match load_verified(&stored.snapshot, &stored.changes) {
             Ok(doc) => doc,
             Err(e) => {
                 report.problems.push(format!("document {id} does not load: {e:#}"));
                 continue;
             }
         };
+        match loaded.heads.get(&id) {
+            Some(heads) if doc_heads_are(&mut doc, heads) => {}
+            Some(_) => {
+                report.problems.push(format!("document {id}: the recorded heads are not the document's"))
+            }
+            None => report.problems.push(format!("document {id} has no recorded heads")),
+        }
         if Some(id) == folder_id {
             folder = Some(FolderDoc::from_doc(doc));
         } else {
@@ -189,6 +197,15 @@ pub fn check(dir: &Path) -> Result<Report> {
 }
 
 /// A stored document (snapshot, then its incremental chunks), heads verified.
+/// Whether `doc`'s heads are `recorded` (in any order).
+fn doc_heads_are(doc: &mut AutoCommit, recorded: &[[u8; 32]]) -> bool {
+    let mut ours: Vec<[u8; 32]> = doc.get_heads().iter().map(|h| h.0).collect();
+    let mut recorded = recorded.to_vec();
+    ours.sort_unstable();
+    recorded.sort_unstable();
+    ours == recorded
+}
+
 fn load_verified(snapshot: &[u8], changes: &[Vec<u8>]) -> Result<AutoCommit> {
     let options = LoadOptions::new().verification_mode(VerificationMode::Check);
     let mut doc = AutoCommit::load_with_options(snapshot, options).context("snapshot")?;

@@ -11,9 +11,13 @@
 //! | `peers_v1`     | endpoint id (string)          | postcard `EndpointAddr`: where it was last reachable |
 //! | `signatures_v1`| change hash (32 bytes)        | its author's ed25519 signature (64 bytes), to relay with it |
 //! | `writes_v1`    | relative path                 | postcard [`WriteIntent`]: a file write under way (see below) |
+//! | `heads_v1`     | doc id (16 bytes)             | the document's heads as committed (32 bytes each) |
 //!
 //! A document is its snapshot plus its changes in `seq` order; after
-//! [`MAX_CHANGE_CHUNKS`] chunks it is compacted back into one snapshot.
+//! [`MAX_CHANGE_CHUNKS`] chunks it is compacted back into one snapshot. Documents are read
+//! one by one when used ([`Store::load_doc`]); what a replica needs of all of them at
+//! startup is their heads, kept in `heads_v1` by the same commit that saves the document
+//! (a store written before that table existed gets it once, at its first load).
 //! redb refuses to open a file twice, so the database doubles as the folder's
 //! single-instance lock. Every commit is `Durability::Immediate`: a change is on disk
 //! before it is sent to any peer.
@@ -24,6 +28,7 @@
 //! says which version it holds ([`crate::apply::resolve_intents`]), so the index row is
 //! durable with the write. Any later commit of that path's index row removes the intent.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -39,6 +44,10 @@ const INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("index_v1");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers_v1");
 const SIGNATURES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("signatures_v1");
 const WRITES: TableDefinition<&str, &[u8]> = TableDefinition::new("writes_v1");
+const HEADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("heads_v1");
+
+/// Meta key set once `heads_v1` holds every document's heads.
+const META_HEADS_COMPLETE: &str = "heads_complete";
 
 /// After this many incremental chunks a document is rewritten as one snapshot, so that
 /// loading never replays a long tail of small changes.
@@ -153,14 +162,36 @@ pub struct Store {
     path: std::path::PathBuf,
     /// Set when reopening failed: the handle is a stand-in and every write is refused.
     unavailable: bool,
-    /// Next change sequence number, and chunks since the last snapshot, per document.
-    chunks: HashMap<DocId, (u64, u64)>,
+    /// Next change sequence number, and chunks since the last snapshot, per document
+    /// (learnt when a document is read or first saved).
+    chunks: RefCell<HashMap<DocId, (u64, u64)>>,
 }
 
-/// Everything read at startup.
+/// A document as stored: a snapshot and the changes saved after it, in order (together,
+/// a valid input to Automerge's `load`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDoc {
+    pub snapshot: Vec<u8>,
+    pub changes: Vec<Vec<u8>>,
+}
+
+impl StoredDoc {
+    /// The document, loaded (with its changes) and written by `actor` from now on.
+    pub fn load(&self, actor: automerge::ActorId) -> Result<automerge::AutoCommit> {
+        let mut doc = automerge::AutoCommit::load(&self.snapshot)?.with_actor(actor);
+        for chunk in &self.changes {
+            doc.load_incremental(chunk)?;
+        }
+        Ok(doc)
+    }
+}
+
+/// Everything read at startup: no text document, only their heads.
 pub struct Loaded {
-    /// Documents as (snapshot, changes in order).
-    pub docs: Vec<(DocId, Vec<u8>, Vec<Vec<u8>>)>,
+    /// The folder document, once stored.
+    pub folder: Option<StoredDoc>,
+    /// Every stored document's heads as committed (the folder document's too).
+    pub heads: HashMap<DocId, Vec<[u8; 32]>>,
     /// The local index.
     pub index: Index,
     /// File writes that were under way when the process stopped, by path.
@@ -178,6 +209,8 @@ pub struct Batch {
     pub index: Vec<(String, Option<IndexEntry>)>,
     /// Other members' signatures of changes received (change hash, signature).
     pub signatures: Vec<([u8; 32], [u8; 64])>,
+    /// The heads of every document saved in this batch, after it.
+    pub heads: Vec<(DocId, Vec<[u8; 32]>)>,
 }
 
 impl Batch {
@@ -187,7 +220,12 @@ impl Batch {
             && self.changes.is_empty()
             && self.index.is_empty()
             && self.signatures.is_empty()
+            && self.heads.is_empty()
     }
+}
+
+fn heads_bytes<'a>(heads: impl Iterator<Item = &'a [u8; 32]>) -> Vec<u8> {
+    heads.flat_map(|h| h.iter().copied()).collect()
 }
 
 fn change_key(id: DocId, seq: u64) -> [u8; 24] {
@@ -235,11 +273,11 @@ impl Store {
         for t in [META, INDEX, PEERS, WRITES] {
             tx.open_table(t)?;
         }
-        for t in [DOCS, CHANGES, SIGNATURES] {
+        for t in [DOCS, CHANGES, SIGNATURES, HEADS] {
             tx.open_table(t)?;
         }
         tx.commit()?;
-        Ok(Store { db, path: path.to_path_buf(), unavailable: false, chunks: HashMap::new() })
+        Ok(Store { db, path: path.to_path_buf(), unavailable: false, chunks: RefCell::default() })
     }
 
     /// Closes the database and opens it again. After an I/O error (a full disk) redb
@@ -253,7 +291,7 @@ impl Store {
         self.unavailable = true;
         let stand_in = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
         drop(std::mem::replace(&mut self.db, stand_in));
-        self.chunks.clear();
+        self.chunks.get_mut().clear();
         let reopened = Store::open(&self.path)?;
         self.db = reopened.db;
         self.unavailable = false;
@@ -293,26 +331,19 @@ impl Store {
         Ok(())
     }
 
-    /// Reads every document and the index.
-    pub fn load(&mut self) -> Result<Loaded> {
+    /// Reads what a replica needs at startup: the folder document (`folder` is its id),
+    /// every document's heads, the index and the write intents. Text documents stay on
+    /// disk until used.
+    pub fn load(&mut self, folder: DocId) -> Result<Loaded> {
+        if self.meta(META_HEADS_COMPLETE)?.is_none() {
+            self.record_all_heads()?;
+        }
         let tx = self.db.begin_read()?;
-        let docs_t = tx.open_table(DOCS)?;
-        let changes_t = tx.open_table(CHANGES)?;
-        let mut docs = Vec::new();
-        for row in docs_t.iter()? {
+        let mut heads = HashMap::new();
+        for row in tx.open_table(HEADS)?.iter()? {
             let (k, v) = row?;
-            let id = doc_id(k.value())?;
-            let mut changes = Vec::new();
-            let mut next = 0;
-            let lo = change_key(id, 0);
-            let hi = change_key(id, u64::MAX);
-            for c in changes_t.range(lo.as_slice()..=hi.as_slice())? {
-                let (ck, cv) = c?;
-                next = u64::from_be_bytes(ck.value()[16..24].try_into()?) + 1;
-                changes.push(cv.value().to_vec());
-            }
-            self.chunks.insert(id, (next, changes.len() as u64));
-            docs.push((id, v.value().to_vec(), changes));
+            let hs = v.value().chunks_exact(32).map(|h| h.try_into().expect("32 bytes")).collect();
+            heads.insert(doc_id(k.value())?, hs);
         }
         let mut index = Index::new();
         for row in tx.open_table(INDEX)?.iter()? {
@@ -326,12 +357,72 @@ impl Store {
             let intent: WriteIntent = postcard::from_bytes(v.value()).context("write intent")?;
             intents.push((k.value().to_string(), intent));
         }
-        Ok(Loaded { docs, index, intents })
+        drop(tx);
+        let folder = self.load_doc(folder)?;
+        Ok(Loaded { folder, heads, index, intents })
     }
 
-    /// Whether `id` has grown enough incremental chunks to be rewritten as a snapshot.
+    /// Fills `heads_v1` from the documents themselves: once, for a store written before
+    /// the table existed (an empty store just gets the flag).
+    fn record_all_heads(&mut self) -> Result<()> {
+        self.writable()?;
+        let docs = self.all_docs()?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(HEADS)?;
+            for (id, stored) in docs {
+                let heads = stored
+                    .load(automerge::ActorId::random())
+                    .with_context(|| format!("loading document {id}"))?
+                    .get_heads();
+                table.insert(id.0.as_slice(), heads_bytes(heads.iter().map(|h| &h.0)).as_slice())?;
+            }
+            tx.open_table(META)?.insert(META_HEADS_COMPLETE, [1u8].as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// One document as stored, if it is.
+    pub fn load_doc(&self, id: DocId) -> Result<Option<StoredDoc>> {
+        let tx = self.db.begin_read()?;
+        let Some(snapshot) = tx.open_table(DOCS)?.get(id.0.as_slice())?.map(|v| v.value().to_vec()) else {
+            return Ok(None);
+        };
+        let changes_t = tx.open_table(CHANGES)?;
+        let mut changes = Vec::new();
+        let mut next = 0;
+        let (lo, hi) = (change_key(id, 0), change_key(id, u64::MAX));
+        for c in changes_t.range(lo.as_slice()..=hi.as_slice())? {
+            let (ck, cv) = c?;
+            next = u64::from_be_bytes(ck.value()[16..24].try_into()?) + 1;
+            changes.push(cv.value().to_vec());
+        }
+        self.chunks.borrow_mut().insert(id, (next, changes.len() as u64));
+        Ok(Some(StoredDoc { snapshot, changes }))
+    }
+
+    /// Every stored document (for `teatime check`, and the one-time heads migration).
+    pub fn all_docs(&self) -> Result<Vec<(DocId, StoredDoc)>> {
+        let ids: Vec<DocId> = {
+            let tx = self.db.begin_read()?;
+            let docs = tx.open_table(DOCS)?;
+            docs.iter()?.map(|row| doc_id(row?.0.value())).collect::<Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(doc) = self.load_doc(id)? {
+                out.push((id, doc));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `id` has grown enough incremental chunks to be rewritten as a snapshot
+    /// (also when nothing is known of it: a document never read since the start is saved
+    /// whole once, rather than counting its chunks here).
     pub fn wants_snapshot(&self, id: DocId) -> bool {
-        self.chunks.get(&id).is_none_or(|(_, n)| *n >= MAX_CHANGE_CHUNKS)
+        self.chunks.borrow().get(&id).is_none_or(|(_, n)| *n >= MAX_CHANGE_CHUNKS)
     }
 
     /// Commits a batch durably.
@@ -349,13 +440,23 @@ impl Store {
                 let lo = change_key(*id, 0);
                 let hi = change_key(*id, u64::MAX);
                 changes.retain_in(lo.as_slice()..=hi.as_slice(), |_, _| false)?;
-                self.chunks.insert(*id, (0, 0));
+                self.chunks.get_mut().insert(*id, (0, 0));
             }
             for (id, bytes) in &batch.changes {
-                let (next, count) = self.chunks.entry(*id).or_insert((0, 0));
+                // Appending needs the next sequence number: known once the document was
+                // read or saved whole (`wants_snapshot` asks for a snapshot otherwise).
+                let (next, count) = self
+                    .chunks
+                    .get_mut()
+                    .get_mut(id)
+                    .with_context(|| format!("appending to document {id} never read"))?;
                 changes.insert(change_key(*id, *next).as_slice(), bytes.as_slice())?;
                 *next += 1;
                 *count += 1;
+            }
+            let mut heads = tx.open_table(HEADS)?;
+            for (id, hs) in &batch.heads {
+                heads.insert(id.0.as_slice(), heads_bytes(hs.iter()).as_slice())?;
             }
             let mut signatures = tx.open_table(SIGNATURES)?;
             for (hash, sig) in &batch.signatures {
@@ -442,16 +543,34 @@ mod tests {
                 changes: vec![(id, b"c0".to_vec()), (id, b"c1".to_vec())],
                 index: vec![("a.md".into(), Some(entry))],
                 signatures: vec![([3; 32], [4; 64])],
+                heads: vec![(id, vec![[5; 32], [6; 32]])],
             })
             .unwrap();
+            s.set_meta(&[(META_HEADS_COMPLETE, &[1])]).unwrap();
         }
         let mut s = Store::open(&path).unwrap();
         assert_eq!(s.signatures(&[[3; 32], [5; 32]]).unwrap(), vec![Some([4; 64]), None]);
-        let loaded = s.load().unwrap();
-        assert_eq!(loaded.docs, vec![(id, b"snap".to_vec(), vec![b"c0".to_vec(), b"c1".to_vec()])]);
+        let loaded = s.load(id).unwrap();
+        let stored = StoredDoc { snapshot: b"snap".to_vec(), changes: vec![b"c0".to_vec(), b"c1".to_vec()] };
+        assert_eq!(loaded.folder, Some(stored));
+        assert_eq!(loaded.heads[&id], vec![[5; 32], [6; 32]]);
         assert_eq!(loaded.index["a.md"].hash, [1; 32]);
         s.commit(Batch { snapshots: vec![(id, b"snap2".to_vec())], ..Default::default() }).unwrap();
-        assert_eq!(s.load().unwrap().docs, vec![(id, b"snap2".to_vec(), vec![])]);
+        assert_eq!(s.load_doc(id).unwrap(), Some(StoredDoc { snapshot: b"snap2".to_vec(), changes: vec![] }));
+        assert_eq!(s.load_doc(DocId([8; 16])).unwrap(), None);
+    }
+
+    #[test]
+    fn a_store_without_heads_gets_them_from_its_documents_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("state.redb")).unwrap();
+        let mut doc = automerge::AutoCommit::new();
+        automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "k", 1).unwrap();
+        let id = DocId([4; 16]);
+        s.commit(Batch { snapshots: vec![(id, doc.save())], ..Default::default() }).unwrap();
+        let heads: Vec<[u8; 32]> = doc.get_heads().iter().map(|h| h.0).collect();
+        assert_eq!(s.load(DocId([0; 16])).unwrap().heads[&id], heads);
+        assert!(s.meta(META_HEADS_COMPLETE).unwrap().is_some());
     }
 
     #[test]
@@ -462,8 +581,17 @@ mod tests {
         s.commit(Batch { snapshots: vec![(id, b"snap".to_vec())], ..Default::default() }).unwrap();
         s.reopen().unwrap();
         assert!(s.wants_snapshot(id), "chunk counts are forgotten: the next save is whole");
+        assert!(
+            s.commit(Batch { changes: vec![(id, b"c0".to_vec())], ..Default::default() }).is_err(),
+            "appending without knowing the next sequence number is refused"
+        );
+        s.load_doc(id).unwrap();
+        assert!(!s.wants_snapshot(id), "reading the document counted its chunks");
         s.commit(Batch { changes: vec![(id, b"c0".to_vec())], ..Default::default() }).unwrap();
-        assert_eq!(s.load().unwrap().docs, vec![(id, b"snap".to_vec(), vec![b"c0".to_vec()])]);
+        assert_eq!(
+            s.load_doc(id).unwrap(),
+            Some(StoredDoc { snapshot: b"snap".to_vec(), changes: vec![b"c0".to_vec()] })
+        );
     }
 
     #[test]
@@ -474,8 +602,8 @@ mod tests {
             IndexEntry::file(DocId([1; 16]), Stat { ino: 9, ..Stat::default() }, [2; 32], vec![[3; 32]]);
         let intent = WriteIntent { old: None, new: new.clone(), temp: ".teatime-tmp.1".into() };
         s.begin_writes(&[("a.md".to_string(), intent.clone())]).unwrap();
-        assert_eq!(s.load().unwrap().intents, vec![("a.md".to_string(), intent)]);
+        assert_eq!(s.load(DocId([0; 16])).unwrap().intents, vec![("a.md".to_string(), intent)]);
         s.commit(Batch { index: vec![("a.md".into(), Some(new))], ..Default::default() }).unwrap();
-        assert!(s.load().unwrap().intents.is_empty());
+        assert!(s.load(DocId([0; 16])).unwrap().intents.is_empty());
     }
 }

@@ -257,7 +257,7 @@ impl Replica {
         if doc == self.id.folder {
             self.check_folder_authors(&authors, &incoming.apply)?;
         } else {
-            self.tree.get(&mut self.folder, &mut self.files);
+            self.tree.get(&mut self.folder, &mut self.files, &self.store);
             for (author, at) in &authors {
                 if !members.contains_key(author) {
                     return Err(Refusal::UnknownAuthor);

@@ -9,7 +9,7 @@ impl Replica {
     /// fetched. Received content no longer needed is dropped.
     pub(super) fn stale_binaries(&mut self) -> HashSet<DocId> {
         let exec_synced = self.exec_synced();
-        self.tree.get(&mut self.folder, &mut self.files);
+        self.tree.get(&mut self.folder, &mut self.files, &self.store);
         let on_disk: HashMap<DocId, &IndexEntry> = self.index.values().map(|e| (e.id, e)).collect();
         let mut stale = HashSet::new();
         let mut wanted: HashMap<Hash, u64> = HashMap::new();

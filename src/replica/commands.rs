@@ -211,7 +211,8 @@ impl Replica {
                     // Whatever was held back either way is looked at again.
                     self.hint(Scope::All);
                     self.remote_changed.insert(self.id.folder);
-                    self.remote_changed.extend(self.files.keys().copied());
+                    let all = self.file_ids();
+                    self.remote_changed.extend(all);
                 }
                 Ok(false)
             }
@@ -261,7 +262,7 @@ impl Replica {
 
     /// Pending conflicts, as the CLI lists them.
     pub(super) fn conflicts(&mut self) -> Vec<serde_json::Value> {
-        let tree = self.tree.get(&mut self.folder, &mut self.files);
+        let tree = self.tree.get(&mut self.folder, &mut self.files, &self.store);
         let path = |id: &DocId| tree.path_of(*id).unwrap_or("").to_string();
         tree.conflicts
             .iter()
@@ -285,7 +286,7 @@ impl Replica {
     /// Settles a conflict with ordinary writes that supersede the racing ones, so the
     /// decision reaches every peer like any change.
     pub(super) fn resolve(&mut self, id: &str, keep: &str) -> Result<(), String> {
-        let tree = self.tree.get(&mut self.folder, &mut self.files).clone();
+        let tree = self.tree.get(&mut self.folder, &mut self.files, &self.store).clone();
         let conflict = tree
             .conflicts
             .iter()

@@ -356,7 +356,8 @@ impl Replica {
     fn everything_to_write(&mut self) {
         if self.folder.is_ready() {
             self.remote_changed.insert(self.id.folder);
-            self.remote_changed.extend(self.files.keys().copied());
+            let all = self.file_ids();
+            self.remote_changed.extend(all);
         }
     }
 

@@ -16,7 +16,9 @@ impl Replica {
     /// The entry a path names: the file shown there, or else a deleted file that was last
     /// there (so deleted files can be found and restored).
     fn entry_at(&mut self, path: &str) -> Result<DocId, String> {
-        if let Some(&(id, kind)) = self.tree.get(&mut self.folder, &mut self.files).by_path.get(path) {
+        if let Some(&(id, kind)) =
+            self.tree.get(&mut self.folder, &mut self.files, &self.store).by_path.get(path)
+        {
             return match kind {
                 EntryKind::File => Ok(id),
                 EntryKind::Dir => Err(format!("{path} is a directory")),
@@ -72,7 +74,7 @@ impl Replica {
 
     /// Every file the folder shows, with its path.
     fn shown_files(&mut self) -> Vec<(DocId, String)> {
-        let tree = self.tree.get(&mut self.folder, &mut self.files);
+        let tree = self.tree.get(&mut self.folder, &mut self.files, &self.store);
         tree.by_path
             .iter()
             .filter(|(_, (_, k))| *k == EntryKind::File)
@@ -88,7 +90,7 @@ impl Replica {
         };
         let mut out = Vec::new();
         for (id, path) in ids {
-            let Some(file) = self.files.get_mut(&id) else { continue };
+            let Some(file) = self.files.get(&self.store, id) else { continue };
             for c in history::changes(file) {
                 out.push((c.time_ms, self.change_json(&c, &path)));
             }
@@ -99,7 +101,7 @@ impl Replica {
 
     /// `teatime log --deleted`: files deleted, where they were, by whom, when.
     pub(super) fn deleted(&mut self) -> serde_json::Value {
-        self.tree.get(&mut self.folder, &mut self.files);
+        self.tree.get(&mut self.folder, &mut self.files, &self.store);
         let members = self.folder.members();
         let entries = self.tree.entries.clone();
         let mut out: Vec<serde_json::Value> = entries
@@ -122,7 +124,7 @@ impl Replica {
     }
 
     fn parse_at(&mut self, id: DocId, at: &str) -> Result<At, String> {
-        let file = self.files.get_mut(&id).ok_or(
+        let file = self.files.get(&self.store, id).ok_or(
             "this file has no text history (binary files keep losing versions in .teatime/versions)",
         )?;
         if at.len() >= 6
@@ -139,7 +141,7 @@ impl Replica {
     /// The text of a file at a point of its history.
     fn text_at(&mut self, id: DocId, at: &str) -> Result<String, String> {
         let at = self.parse_at(id, at)?;
-        let file = self.files.get_mut(&id).ok_or("no text history")?;
+        let file = self.files.get(&self.store, id).ok_or("no text history")?;
         let heads = match at {
             At::Change(h) => vec![h],
             At::Time(t) => history::heads_at_time(file, t),
@@ -154,7 +156,7 @@ impl Replica {
     pub(super) fn show(&mut self, path: &str, at: &str) -> Result<serde_json::Value, String> {
         let id = self.entry_at(path)?;
         if at == "now" {
-            return Ok(json!(self.files.get(&id).and_then(|f| f.text()).ok_or("no text")?));
+            return Ok(json!(self.files.get(&self.store, id).and_then(|f| f.text()).ok_or("no text")?));
         }
         Ok(json!(self.text_at(id, at)?))
     }
@@ -164,7 +166,11 @@ impl Replica {
         let id = self.entry_at(path)?;
         let mut version = |at: &str| -> Result<String, String> {
             if at == "now" {
-                return self.files.get(&id).and_then(|f| f.text()).ok_or_else(|| "no text".into());
+                return self
+                    .files
+                    .get(&self.store, id)
+                    .and_then(|f| f.text())
+                    .ok_or_else(|| "no text".into());
             }
             self.text_at(id, at)
         };
@@ -177,7 +183,7 @@ impl Replica {
     pub(super) fn restore(&mut self, path: &str, at: &str) -> Result<(), String> {
         let id = self.entry_at(path)?;
         let text = self.text_at(id, at)?;
-        let file = self.files.get_mut(&id).ok_or("no text history")?;
+        let file = self.files.get(&self.store, id).ok_or("no text history")?;
         file.ingest(&text, Instant::now() + INGEST_BUDGET, now_ms() as i64).map_err(|e| e.to_string())?;
         self.dirty.insert(id);
         self.remote_changed.insert(id);
@@ -193,7 +199,7 @@ impl Replica {
     /// `teatime blame`.
     pub(super) fn blame(&mut self, path: &str) -> Result<serde_json::Value, String> {
         let id = self.entry_at(path)?;
-        let file = self.files.get_mut(&id).ok_or("no text history")?;
+        let file = self.files.get(&self.store, id).ok_or("no text history")?;
         let times: HashMap<ChangeHash, (i64, automerge::ActorId)> = file
             .doc_mut()
             .get_changes(&[])
@@ -221,7 +227,7 @@ impl Replica {
     pub(super) fn merges(&mut self) -> serde_json::Value {
         let mut out = Vec::new();
         for (id, path) in self.shown_files() {
-            let Some(file) = self.files.get_mut(&id) else { continue };
+            let Some(file) = self.files.get(&self.store, id) else { continue };
             let changes = history::changes(file);
             let concurrent: Vec<&FileChange> =
                 changes.iter().filter(|c| !c.concurrent_with.is_empty()).collect();

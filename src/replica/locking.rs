@@ -38,7 +38,7 @@ impl Replica {
 
     /// The file entry shown at `path`.
     pub(super) fn file_at(&mut self, path: &str) -> Result<DocId, String> {
-        match self.tree.get(&mut self.folder, &mut self.files).by_path.get(path) {
+        match self.tree.get(&mut self.folder, &mut self.files, &self.store).by_path.get(path) {
             Some(&(id, EntryKind::File)) => Ok(id),
             Some(_) => Err(format!("{path} is a directory; lock the files in it")),
             None => Err(format!("{path} is not a synced file")),
@@ -75,7 +75,7 @@ impl Replica {
         let members = self.folder.members();
         let mut held: Vec<(DocId, EndpointId)> = self.locks.mine().iter().map(|id| (*id, me)).collect();
         held.extend(self.locks.theirs());
-        let tree = self.tree.get(&mut self.folder, &mut self.files);
+        let tree = self.tree.get(&mut self.folder, &mut self.files, &self.store);
         held.into_iter()
             .map(|(id, who)| {
                 let name = members.get(&who.to_string()).map(|m| m.name.clone()).unwrap_or_default();

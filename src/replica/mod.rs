@@ -44,6 +44,7 @@ mod admission;
 mod authorship;
 mod binary;
 mod commands;
+mod docs;
 mod guards;
 mod history;
 mod locking;
@@ -54,6 +55,7 @@ mod status;
 pub use admission::{Admission, JOIN_APPROVAL};
 use authorship::{Apply, Refusal};
 pub use authorship::{Signed, sign_change};
+use docs::FileDocs;
 pub use guards::{MASS_DELETE_MIN, MASS_DELETE_PERCENT, MIN_DISK_FREE};
 
 use crate::apply::{self, Body, Content, materialize};
@@ -218,9 +220,11 @@ pub struct Replica {
     me: EndpointId,
     my_name: String,
     folder: FolderDoc,
-    files: HashMap<DocId, FileDoc>,
+    /// Text documents, read from the store when used (see `docs.rs`).
+    files: FileDocs,
     index: Index,
-    /// Heads last persisted, per document (for incremental saves).
+    /// Heads last persisted, per document, for every document in the store (read from
+    /// its heads table at start): the heads of a document not in memory.
     saved: HashMap<DocId, Vec<ChangeHash>>,
     peers: HashMap<EndpointId, Link>,
     dial: mpsc::Sender<EndpointAddr>,
@@ -314,13 +318,13 @@ struct TreeCache {
 }
 
 impl TreeCache {
-    fn get(&mut self, folder: &mut FolderDoc, files: &mut HashMap<DocId, FileDoc>) -> &Tree {
+    fn get(&mut self, folder: &mut FolderDoc, files: &mut FileDocs, store: &Store) -> &Tree {
         let heads = folder.doc_mut().get_heads();
         if self.heads.as_ref() != Some(&heads) {
             self.entries = folder.entries();
             let members = folder.members();
             let view = FolderView { entries: &self.entries, strategy: folder.strategy(), members: &members };
-            self.tree = render(&view, &Facts { files: RefCell::new(files), entries: &self.entries });
+            self.tree = render(&view, &Facts { files: RefCell::new(files), store, entries: &self.entries });
             self.heads = Some(heads);
         }
         &self.tree
@@ -337,7 +341,8 @@ impl TreeCache {
 /// What rendering needs to know about file contents: text documents, or for binary
 /// files the version in effect.
 struct Facts<'a> {
-    files: RefCell<&'a mut HashMap<DocId, FileDoc>>,
+    files: RefCell<&'a mut FileDocs>,
+    store: &'a Store,
     entries: &'a BTreeMap<DocId, Entry>,
 }
 
@@ -346,14 +351,14 @@ impl FileFacts for Facts<'_> {
         if let Some(blob) = self.entries.get(&id).and_then(|e| e.blob()) {
             return !seen.contains(&blob.as_head());
         }
-        self.files.borrow_mut().get_mut(&id).is_some_and(|f| f.edited_since(seen))
+        self.files.borrow_mut().get(self.store, id).is_some_and(|f| f.edited_since(seen))
     }
 
     fn content(&self, id: DocId) -> Option<[u8; 32]> {
         if let Some(blob) = self.entries.get(&id).and_then(|e| e.blob()) {
             return Some(blob.hash);
         }
-        let text = self.files.borrow().get(&id)?.text()?;
+        let text = self.files.borrow_mut().get(self.store, id)?.text()?;
         Some(*blake3::hash(text.as_bytes()).as_bytes())
     }
 }
@@ -422,26 +427,21 @@ impl Replica {
         tuning: Tuning,
     ) -> Result<Replica> {
         let me = key.public();
-        let loaded = store.load()?;
-        let mut folder = None;
-        let mut files = HashMap::new();
-        let mut saved = HashMap::new();
-        for (doc_id, snapshot, changes) in loaded.docs {
-            let mut doc = AutoCommit::load(&snapshot)
-                .with_context(|| format!("loading document {doc_id}"))?
-                .with_actor(id.actor.clone());
-            for chunk in changes {
-                doc.load_incremental(&chunk).with_context(|| format!("loading changes of {doc_id}"))?;
-            }
-            saved.insert(doc_id, doc.get_heads());
-            if doc_id == id.folder {
-                folder = Some(FolderDoc::from_doc(doc));
-            } else {
-                files.insert(doc_id, FileDoc::from_doc(doc));
-            }
-        }
-        let folder =
-            folder.unwrap_or_else(|| FolderDoc::from_doc(AutoCommit::new().with_actor(id.actor.clone())));
+        // Text documents are read when used: only the folder document and every
+        // document's heads are read now.
+        let loaded = store.load(id.folder)?;
+        let saved: HashMap<DocId, Vec<ChangeHash>> = loaded
+            .heads
+            .into_iter()
+            .map(|(doc, heads)| (doc, heads.into_iter().map(ChangeHash).collect()))
+            .collect();
+        let folder = match loaded.folder {
+            Some(stored) => FolderDoc::from_doc(
+                stored.load(id.actor.clone()).with_context(|| format!("loading document {}", id.folder))?,
+            ),
+            None => FolderDoc::from_doc(AutoCommit::new().with_actor(id.actor.clone())),
+        };
+        let files = FileDocs::new(id.actor.clone());
         let filter = Filter::load(&root, local::tracked(&store)?);
         let fs = Root::open(&root)?;
         let fetches = Fetches::new(&fs);
@@ -513,10 +513,11 @@ impl Replica {
     fn text_files_behind_their_documents(&mut self) -> Vec<DocId> {
         let mut behind = Vec::new();
         for row in self.index.values().filter(|e| e.kind == EntryKind::File && !e.binary) {
-            if let Some(file) = self.files.get_mut(&row.id) {
+            // The heads as persisted: at startup no document is in memory yet.
+            if let Some(heads) = self.saved.get(&row.id) {
                 let mut on_disk = row.heads.clone();
                 on_disk.sort_unstable();
-                let mut now = hashes(&file.heads());
+                let mut now = hashes(heads);
                 now.sort_unstable();
                 if on_disk != now {
                     behind.push(row.id);
@@ -794,14 +795,43 @@ impl Replica {
     }
 
     fn summary(&mut self) -> Vec<(DocId, Heads)> {
-        let mut docs = Vec::with_capacity(self.files.len() + 1);
+        self.all_heads().into_iter().map(|(id, heads)| (id, hashes(&heads))).collect()
+    }
+
+    /// Every document's heads (the folder's once it exists), without loading any: a
+    /// document in memory has its own, any other the persisted ones.
+    fn all_heads(&mut self) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let mut heads: HashMap<DocId, Vec<ChangeHash>> = self
+            .saved
+            .iter()
+            .filter(|(id, _)| **id != self.id.folder)
+            .map(|(id, h)| (*id, h.clone()))
+            .collect();
+        for (id, f) in self.files.loaded_mut() {
+            heads.insert(*id, f.heads());
+        }
+        let mut all = Vec::with_capacity(heads.len() + 1);
         if self.folder.is_ready() {
-            docs.push((self.id.folder, hashes(&self.folder.doc_mut().get_heads())));
+            all.push((self.id.folder, self.folder.doc_mut().get_heads()));
         }
-        for (id, f) in &mut self.files {
-            docs.push((*id, hashes(&f.doc_mut().get_heads())));
+        all.extend(heads);
+        all
+    }
+
+    /// A document's heads, without reading it from the store (`None`: no such document).
+    fn heads_of(&mut self, id: DocId) -> Option<Vec<ChangeHash>> {
+        if id == self.id.folder {
+            return self.folder.is_ready().then(|| self.folder.doc_mut().get_heads());
         }
-        docs
+        match self.files.in_memory(id) {
+            Some(f) => Some(f.heads()),
+            None => self.saved.get(&id).cloned(),
+        }
+    }
+
+    /// Every text document's id (stored or only in memory).
+    fn file_ids(&mut self) -> Vec<DocId> {
+        self.all_heads().into_iter().map(|(id, _)| id).filter(|id| *id != self.id.folder).collect()
     }
 
     fn send(&mut self, peer: EndpointId, frame: Frame) {
@@ -826,11 +856,7 @@ impl Replica {
         if id == self.id.folder {
             self.folder.doc_mut()
         } else {
-            let actor = self.id.actor.clone();
-            self.files
-                .entry(id)
-                .or_insert_with(|| FileDoc::from_doc(AutoCommit::new().with_actor(actor)))
-                .doc_mut()
+            self.files.get_or_new(&self.store, id).doc_mut()
         }
     }
 
@@ -840,7 +866,7 @@ impl Replica {
                 let theirs: HashMap<DocId, Heads> = docs.into_iter().collect();
                 self.docs_expected = self.docs_expected.max(theirs.len() as u64);
                 let mut ours: Vec<DocId> = vec![self.id.folder];
-                ours.extend(self.files.keys().copied());
+                ours.extend(self.file_ids());
                 for doc in ours {
                     if doc == self.id.folder && !self.folder.is_ready() {
                         continue;
@@ -959,7 +985,7 @@ impl Replica {
             return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
         }
         self.unsaved_signatures.extend(kept);
-        let pre_text = self.files.get(&doc).and_then(|f| f.text());
+        let pre_text = self.files.get(&self.store, doc).and_then(|f| f.text());
         let d = self.doc_mut(doc);
         let before = d.get_heads();
         let applied = intake::decode_isolated(|| match incoming.apply {
@@ -1044,7 +1070,7 @@ impl Replica {
     /// correction on the same merged state, so their deletions coincide and nothing else is
     /// touched.
     fn undo_double_apply(&mut self, doc: DocId, pre: &str, theirs: &[ChangeHash]) {
-        let Some(file) = self.files.get_mut(&doc) else { return };
+        let Some(file) = self.files.get(&self.store, doc) else { return };
         if theirs.is_empty() || file.text_at(theirs).as_deref() != Some(pre) {
             return;
         }
@@ -1065,6 +1091,11 @@ impl Replica {
             return;
         }
         let known = link.known.get(&doc).cloned();
+        // Most documents are in sync at a session's start: that is decided without
+        // reading them from the store.
+        if known.is_some() && known == self.heads_of(doc) {
+            return;
+        }
         let d = self.doc_mut(doc);
         let heads = d.get_heads();
         if known.as_ref() == Some(&heads) {
@@ -1138,7 +1169,8 @@ impl Replica {
             // Paths that were excluded may hold stale versions: write every file again
             // where it differs (a local edit found there is merged first).
             self.remote_changed.insert(self.id.folder);
-            self.remote_changed.extend(self.files.keys().copied());
+            let all = self.file_ids();
+            self.remote_changed.extend(all);
         }
     }
 
@@ -1178,8 +1210,11 @@ impl Replica {
                 LocalOp::CreateDir { .. } | LocalOp::CreateFile { .. } | LocalOp::CreateBinary { .. }
             )
         });
-        let tree =
-            if creates { self.tree.get(&mut self.folder, &mut self.files).clone() } else { Tree::default() };
+        let tree = if creates {
+            self.tree.get(&mut self.folder, &mut self.files, &self.store).clone()
+        } else {
+            Tree::default()
+        };
         let role = self.my_role();
         let mode = self.mode();
         if mode != Mode::ReceiveOnly {
@@ -1270,7 +1305,7 @@ impl Replica {
         // Recorded meanwhile (a scan of its path, e.g. after a peer wrote there): not again.
         let chunk: Vec<LocalOp> =
             chunk.into_iter().filter(|op| op.paths().iter().all(|p| !self.index.contains_key(p))).collect();
-        let tree = self.tree.get(&mut self.folder, &mut self.files).clone();
+        let tree = self.tree.get(&mut self.folder, &mut self.files, &self.store).clone();
         let new_files = chunk.iter().filter_map(|op| match op {
             LocalOp::CreateFile { id, path, content, .. } if !tree.by_path.contains_key(path) => {
                 Some((*id, content.as_str()))
@@ -1327,11 +1362,12 @@ impl Replica {
             }
             LocalOp::CreateFile { path, ref content, stat, hash, .. }
                 if self.shown_at(tree, &path, EntryKind::File).is_some_and(|id| {
-                    self.files.get(&id).and_then(|f| f.text()).as_deref() == Some(content.as_str())
+                    self.files.get(&self.store, id).and_then(|f| f.text()).as_deref()
+                        == Some(content.as_str())
                 }) =>
             {
                 let id = self.shown_at(tree, &path, EntryKind::File).expect("checked in the guard");
-                let heads = hashes(&self.files.get_mut(&id).expect("checked in the guard").heads());
+                let heads = hashes(&self.files.get(&self.store, id).expect("checked in the guard").heads());
                 self.set_index(path, IndexEntry::file(id, stat, hash, heads));
             }
             LocalOp::CreateBinary { ref path, ref blob, stat, .. }
@@ -1367,11 +1403,12 @@ impl Replica {
                 self.outboards.insert(blob.hash, Arc::new(blob));
             }
             LocalOp::Edit { id, path, stat, hash, ref content }
-                if self.files.get(&id).and_then(|f| f.text()).as_deref() == Some(content.as_str()) =>
+                if self.files.get(&self.store, id).and_then(|f| f.text()).as_deref()
+                    == Some(content.as_str()) =>
             {
                 // The disk already holds the current text (e.g. written just before a crash,
                 // not yet recorded): nothing to ingest, only the base moves.
-                let heads = hashes(&self.files.get_mut(&id).expect("checked in the guard").heads());
+                let heads = hashes(&self.files.get(&self.store, id).expect("checked in the guard").heads());
                 self.set_index(path, IndexEntry::file(id, stat, hash, heads));
             }
             LocalOp::CreateDir { id, path, stat } => {
@@ -1429,7 +1466,7 @@ impl Replica {
                     .unwrap_or_default();
                 let old = self.index.get(&path).map(|e| e.stat);
                 self.record_exec(id, old, stat)?;
-                let file = self.files.get_mut(&id).context("edited file has no document")?;
+                let file = self.files.get(&self.store, id).context("edited file has no document")?;
                 let before = file.heads();
                 let merged_with_remote = base != before;
                 let changed =
@@ -1532,7 +1569,7 @@ impl Replica {
     /// What a deletion of `id` by teatime itself (a duplicate) names as seen: its
     /// document's heads, or for a binary file the versions in its register.
     fn seen_content(&mut self, id: DocId) -> Vec<ChangeHash> {
-        let mut seen = self.files.get_mut(&id).map(|f| f.heads()).unwrap_or_default();
+        let mut seen = self.files.get(&self.store, id).map(|f| f.heads()).unwrap_or_default();
         if let Some(e) = self.folder.entry(id) {
             seen.extend(e.blobs.iter().map(|b| b.as_head()));
         }
@@ -1555,8 +1592,9 @@ impl Replica {
     }
 
     fn report_progress(&mut self) {
-        let docs_have =
-            self.files.values().filter(|f| f.is_ready()).count() as u64 + self.folder.is_ready() as u64;
+        // Persisted documents (a joiner's progress), plus the folder once it is here.
+        let docs_have = self.saved.keys().filter(|id| **id != self.id.folder).count() as u64
+            + self.folder.is_ready() as u64;
         let fetching = self.fetches.progress();
         let p = crate::progress::Progress {
             docs_expected: self.docs_expected,
@@ -1600,9 +1638,10 @@ impl Replica {
             }
             changed.extend(self.stale_binaries());
             let exec_synced = self.exec_synced();
-            self.tree.get(&mut self.folder, &mut self.files);
+            self.tree.get(&mut self.folder, &mut self.files, &self.store);
             let entries = &self.tree.entries;
             let files = &mut self.files;
+            let store = &self.store;
             let blobs = self.fetches.dir();
             let mut content_of = |id: DocId| {
                 let entry = entries.get(&id)?;
@@ -1614,7 +1653,7 @@ impl Replica {
                         losers: entry.blobs.iter().filter(|o| o.hash != b.hash).map(|o| o.hash).collect(),
                     },
                     None => {
-                        let f = files.get_mut(&id)?;
+                        let f = files.get(store, id)?;
                         Body::Text { text: f.text()?, heads: hashes(&f.heads()) }
                     }
                 };
@@ -1624,7 +1663,6 @@ impl Replica {
             let skip = |path: &str, is_dir: bool| {
                 filter.excludes(path, is_dir) || held.iter().any(|h| scan::is_within(path, h))
             };
-            let store = &self.store;
             let mut journal = |intents: &[(String, crate::store::WriteIntent)]| {
                 store.begin_writes(intents).map_err(io::Error::other)?;
                 crate::crash::point(crate::crash::BEFORE_RENAME, intents.iter().map(|(p, _)| p.as_str()));
@@ -1690,6 +1728,7 @@ impl Replica {
                 self.push(*peer, doc);
             }
         }
+        self.files.drop_idle(&self.saved);
     }
 
     /// Entries the tree hides because a peer gave them a name that may not reach disk: said
@@ -1715,7 +1754,7 @@ impl Replica {
         if !self.my_role().writes_tree() {
             return false;
         }
-        let dups = self.tree.get(&mut self.folder, &mut self.files).duplicates.clone();
+        let dups = self.tree.get(&mut self.folder, &mut self.files, &self.store).duplicates.clone();
         let mut wrote = false;
         for dup in dups {
             let seen = self.seen_content(dup);
@@ -1761,6 +1800,7 @@ impl Replica {
                 (_, Some((at, bytes))) if at == heads => batch.snapshots.push((*doc, bytes)),
                 _ => batch.snapshots.push((*doc, d.save())),
             }
+            batch.heads.push((*doc, hashes(&heads)));
             self.saved.insert(*doc, heads);
         }
         let signatures = std::mem::take(&mut self.unsaved_signatures);

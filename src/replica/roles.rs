@@ -35,7 +35,8 @@ impl Replica {
             count += 1;
         }
         self.remote_changed.insert(self.id.folder);
-        self.remote_changed.extend(self.files.keys().copied());
+        let all = self.file_ids();
+        self.remote_changed.extend(all);
         count
     }
 

@@ -12,16 +12,7 @@ fn wall_ms(t: SystemTime) -> i64 {
 impl Replica {
     /// Documents `peer` lacks, as far as this replica knows.
     fn pending_for(&mut self, peer: EndpointId) -> usize {
-        let ours: Vec<(DocId, Vec<ChangeHash>)> = {
-            let mut v = Vec::with_capacity(self.files.len() + 1);
-            if self.folder.is_ready() {
-                v.push((self.id.folder, self.folder.doc_mut().get_heads()));
-            }
-            for (id, f) in &mut self.files {
-                v.push((*id, f.heads()));
-            }
-            v
-        };
+        let ours = self.all_heads();
         let Some(link) = self.peers.get(&peer) else { return 0 };
         ours.iter()
             .filter(|(id, heads)| link.known.get(id) != Some(heads) || link.backlog.contains(id))
@@ -30,7 +21,7 @@ impl Replica {
 
     /// The folder's state, for `teatime status`.
     pub(super) fn status(&mut self) -> serde_json::Value {
-        self.tree.get(&mut self.folder, &mut self.files);
+        self.tree.get(&mut self.folder, &mut self.files, &self.store);
         let me = self.me.to_string();
         let members = self.folder.members();
         // Members, and peers that were quarantined before they became members.
@@ -121,6 +112,8 @@ impl Replica {
             "mode": self.mode().as_str(),
             "role": self.my_role().as_str(),
             "files": self.index.values().filter(|e| e.kind == EntryKind::File).count(),
+            // Text documents held in memory now (the others are read from the store when used).
+            "documents_in_memory": self.files.len(),
             "peers": peers,
             "incoming": fetching.iter().map(|(hash, have, size)| json!({
                 "blob": blob::hex(hash), "bytes": have, "size": size,

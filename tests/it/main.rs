@@ -22,6 +22,7 @@ mod hostile;
 mod ignore;
 mod locks;
 mod logs;
+mod memory;
 mod netns;
 mod policy;
 mod races;

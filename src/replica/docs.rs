@@ -1,0 +1,112 @@
+//! The text documents of a folder: all of them in the store, in memory only while used.
+//!
+//! A folder of 100k files would hold 100k Automerge documents (and their text) in memory if
+//! they were all loaded at start, and starting would read every one of them. Instead a
+//! document is read from the store the first time it is needed and dropped again once it
+//! has been idle for [`IDLE`], or when more than [`MAX_LOADED`] are in memory. Only a
+//! document whose every change is persisted may be dropped: reading it back gives the same
+//! document. What the replica needs of all documents (their heads, for the summary and for
+//! finding files behind their documents) is `Replica::saved`, read from the store's heads
+//! table at start.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use automerge::{ActorId, ChangeHash};
+use teatime_crdt::{DocId, FileDoc};
+use tracing::warn;
+
+use crate::store::Store;
+
+/// A document unused for this long is dropped from memory (it stays in the store).
+const IDLE: Duration = Duration::from_secs(30);
+
+/// At most this many documents stay in memory between flushes, however recently used
+/// (an import or a join touches every document once).
+const MAX_LOADED: usize = 256;
+
+/// Text documents in memory, loaded on demand from the store.
+pub(super) struct FileDocs {
+    /// The actor our changes are written with (set on every loaded document).
+    actor: ActorId,
+    loaded: HashMap<DocId, (FileDoc, Instant)>,
+}
+
+impl FileDocs {
+    pub(super) fn new(actor: ActorId) -> FileDocs {
+        FileDocs { actor, loaded: HashMap::new() }
+    }
+
+    /// The document `id`, read from `store` if it is not in memory; `None` if there is no
+    /// such text document (or it does not load, which is logged).
+    pub(super) fn get(&mut self, store: &Store, id: DocId) -> Option<&mut FileDoc> {
+        if !self.loaded.contains_key(&id) {
+            let doc = match store.load_doc(id).and_then(|d| d.map(|d| d.load(self.actor.clone())).transpose())
+            {
+                Ok(Some(doc)) => doc,
+                Ok(None) => return None,
+                Err(e) => {
+                    warn!(doc = %id.short(), "a stored document does not load: {e:#}");
+                    return None;
+                }
+            };
+            self.loaded.insert(id, (FileDoc::from_doc(doc), Instant::now()));
+        }
+        let (doc, used) = self.loaded.get_mut(&id)?;
+        *used = Instant::now();
+        Some(doc)
+    }
+
+    /// The document `id`, or a new empty one (a document a peer is about to send).
+    pub(super) fn get_or_new(&mut self, store: &Store, id: DocId) -> &mut FileDoc {
+        if self.get(store, id).is_none() {
+            let doc = automerge::AutoCommit::new().with_actor(self.actor.clone());
+            self.loaded.insert(id, (FileDoc::from_doc(doc), Instant::now()));
+        }
+        &mut self.loaded.get_mut(&id).expect("just inserted").0
+    }
+
+    /// Adds a document built here (a new file).
+    pub(super) fn insert(&mut self, id: DocId, doc: FileDoc) {
+        self.loaded.insert(id, (doc, Instant::now()));
+    }
+
+    /// The document `id` if it is in memory (never reads the store).
+    pub(super) fn in_memory(&mut self, id: DocId) -> Option<&mut FileDoc> {
+        self.loaded.get_mut(&id).map(|(doc, _)| doc)
+    }
+
+    /// How many documents are in memory.
+    pub(super) fn len(&self) -> usize {
+        self.loaded.len()
+    }
+
+    /// The documents in memory, with their ids.
+    pub(super) fn loaded_mut(&mut self) -> impl Iterator<Item = (&DocId, &mut FileDoc)> {
+        self.loaded.iter_mut().map(|(id, (doc, _))| (id, doc))
+    }
+
+    /// Drops documents idle for [`IDLE`], then the least recently used beyond
+    /// [`MAX_LOADED`], among those whose heads are the persisted ones (`saved`) and that hold no change
+    /// waiting for its dependencies.
+    pub(super) fn drop_idle(&mut self, saved: &HashMap<DocId, Vec<ChangeHash>>) {
+        let now = Instant::now();
+        let mut clean: Vec<(Instant, DocId)> = self
+            .loaded
+            .iter_mut()
+            // Changes waiting for their dependencies live only in memory: kept.
+            .filter_map(|(id, (doc, used))| {
+                let clean = saved.get(id).is_some_and(|s| *s == doc.heads())
+                    && doc.doc_mut().get_missing_deps(&[]).is_empty();
+                clean.then_some((*used, *id))
+            })
+            .collect();
+        clean.sort_unstable();
+        let excess = self.loaded.len().saturating_sub(MAX_LOADED);
+        for (k, (used, id)) in clean.into_iter().enumerate() {
+            if k < excess || now.duration_since(used) >= IDLE {
+                self.loaded.remove(&id);
+            }
+        }
+    }
+}
