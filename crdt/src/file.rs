@@ -19,6 +19,10 @@ const TEXT_KEY: &str = "text";
 #[derive(Debug)]
 pub struct FileDoc {
     doc: AutoCommit,
+    /// The text at the heads it was read or written at: reading a large Text out of
+    /// Automerge costs far more than a one-line edit to it (a 10 MB file is read once,
+    /// not at every edit, write and comparison).
+    text_cache: Option<(Vec<ChangeHash>, String)>,
 }
 
 impl FileDoc {
@@ -31,12 +35,13 @@ impl FileDoc {
             doc.splice_text(&text, 0, 0, content)?;
         }
         doc.commit_with(CommitOptions::default().with_time(at_ms));
-        Ok(FileDoc { doc })
+        let text_cache = Some((doc.get_heads(), content.to_string()));
+        Ok(FileDoc { doc, text_cache })
     }
 
     /// Wraps an existing document (loaded from storage, or empty and waiting for sync).
     pub fn from_doc(doc: AutoCommit) -> Self {
-        FileDoc { doc }
+        FileDoc { doc, text_cache: None }
     }
 
     /// The underlying Automerge document, for sync and storage.
@@ -58,9 +63,17 @@ impl FileDoc {
     }
 
     /// The file's content, or `None` while the document is not ready.
-    pub fn text(&self) -> Option<String> {
+    pub fn text(&mut self) -> Option<String> {
+        let heads = self.doc.get_heads();
+        if let Some((at, text)) = &self.text_cache
+            && *at == heads
+        {
+            return Some(text.clone());
+        }
         let obj = self.text_obj()?;
-        self.doc.text(&obj).ok()
+        let text = self.doc.text(&obj).ok()?;
+        self.text_cache = Some((heads, text.clone()));
+        Some(text)
     }
 
     /// The content as it was at `heads`, or `None` when those changes are not all here.
@@ -120,7 +133,12 @@ impl FileDoc {
             return self.ingest(content, deadline, at_ms);
         }
         self.doc.isolate(&base);
-        let result = self.ingest(content, deadline, at_ms);
+        // Isolated, the document shows the text at `base`, while its heads stay the
+        // latest: the cache (keyed by heads) must not be used.
+        let result = self.text_obj().ok_or(ModelError::Missing("text")).and_then(|obj| {
+            let old = self.doc.text(&obj)?;
+            self.splice_to(&obj, &old, content, deadline, at_ms)
+        });
         self.doc.integrate();
         result
     }
@@ -150,14 +168,30 @@ impl FileDoc {
     /// Makes the document hold `content` by the smallest splices found before
     /// `deadline`, committed as one change at `at_ms`. Returns whether anything changed.
     pub fn ingest(&mut self, content: &str, deadline: Instant, at_ms: i64) -> Result<bool, ModelError> {
+        let old = self.text().ok_or(ModelError::Missing("text"))?;
         let obj = self.text_obj().ok_or(ModelError::Missing("text"))?;
-        let old = self.doc.text(&obj)?;
-        let splices = diff_splices(&old, content, deadline);
+        let changed = self.splice_to(&obj, &old, content, deadline, at_ms)?;
+        if changed {
+            self.text_cache = Some((self.doc.get_heads(), content.to_string()));
+        }
+        Ok(changed)
+    }
+
+    /// Splices the Text `obj`, holding `old`, into `content` and commits.
+    fn splice_to(
+        &mut self,
+        obj: &ObjId,
+        old: &str,
+        content: &str,
+        deadline: Instant,
+        at_ms: i64,
+    ) -> Result<bool, ModelError> {
+        let splices = diff_splices(old, content, deadline);
         if splices.is_empty() {
             return Ok(false);
         }
         for s in splices.iter().rev() {
-            self.doc.splice_text(&obj, s.pos, s.delete as isize, &s.insert)?;
+            self.doc.splice_text(obj, s.pos, s.delete as isize, &s.insert)?;
         }
         self.doc.commit_with(CommitOptions::default().with_time(at_ms));
         Ok(true)
@@ -260,7 +294,7 @@ mod tests {
                 let mut src = replicas[last].doc_mut().fork();
                 replicas[first].doc_mut().merge(&mut src).unwrap();
             }
-            let texts: Vec<String> = replicas.iter().map(|r| r.text().unwrap()).collect();
+            let texts: Vec<String> = replicas.iter_mut().map(|r| r.text().unwrap()).collect();
             for t in &texts {
                 prop_assert_eq!(t, &texts[0]);
             }

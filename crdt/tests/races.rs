@@ -53,7 +53,7 @@ impl FileFacts for Facts<'_> {
         self.0.borrow_mut().get_mut(&id).is_some_and(|f| f.edited_since(seen))
     }
     fn content(&self, id: DocId) -> Option<[u8; 32]> {
-        let text = self.0.borrow().get(&id)?.text()?;
+        let text = self.0.borrow_mut().get_mut(&id)?.text()?;
         let mut out = [0u8; 32];
         for (i, b) in text.bytes().enumerate() {
             out[i % 32] = out[i % 32].wrapping_mul(31).wrapping_add(b);
@@ -248,12 +248,12 @@ fn run(n: usize, strategy: Strategy, ops: &[Op], order: &[usize]) -> Result<(), 
     // No edit lost to a delete that had not seen it.
     let shown: BTreeSet<DocId> = trees[0].by_id.keys().copied().collect();
     let entries = reps[0].folder.entries();
-    let files = reps[0].files.borrow();
+    let mut files = reps[0].files.borrow_mut();
     for (id, e) in &entries {
         if e.kind != EntryKind::File || shown.contains(id) || trees[0].duplicates.contains(id) {
             continue;
         }
-        let markers = markers_in(&files[id].text().unwrap());
+        let markers = markers_in(&files.get_mut(id).expect("a document per file").text().unwrap());
         let covered =
             seen_by_deletes.get(id).is_some_and(|seen| seen.iter().any(|s| s.is_superset(&markers)));
         prop_assert!(covered, "file {:?} hidden but edits {:?} were never seen by a delete", id, markers);

@@ -90,7 +90,7 @@ impl FileFacts for Facts<'_> {
         self.0.borrow_mut().get_mut(&id).is_some_and(|f| f.edited_since(seen))
     }
     fn content(&self, id: DocId) -> Option<[u8; 32]> {
-        let text = self.0.borrow().get(&id)?.text()?;
+        let text = self.0.borrow_mut().get_mut(&id)?.text()?;
         Some(fingerprint(&text))
     }
 }
@@ -252,7 +252,7 @@ impl Peer {
                         *k == node.kind
                             && !indexed.contains(id)
                             && (node.kind == EntryKind::Dir
-                                || self.files.borrow().get(id).and_then(|f| f.text()).as_deref()
+                                || self.files.borrow_mut().get_mut(id).and_then(|f| f.text()).as_deref()
                                     == Some(node.text.as_str()))
                     });
                     if let Some((id, _)) = adopt {

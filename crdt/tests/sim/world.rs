@@ -787,9 +787,10 @@ impl World {
                 let entries = self.peers[0].folder.entries();
                 let holders: Vec<String> = self.peers[0]
                     .files
-                    .borrow()
-                    .iter()
-                    .filter(|(_, f)| f.text().is_some_and(|t| marks_in(&t).contains_key(&k)))
+                    .borrow_mut()
+                    .iter_mut()
+                    .filter_map(|(id, f)| f.text().map(|t| (id, t)))
+                    .filter(|(_, t)| marks_in(t).contains_key(&k))
                     .map(|(id, _)| {
                         format!(
                             "{} shown at {:?}, entry {:?}",
