@@ -29,17 +29,22 @@ const MAX_LOADED: usize = 256;
 pub(super) struct FileDocs {
     /// The actor our changes are written with (set on every loaded document).
     actor: ActorId,
+    /// The folder document's id: stored like the others, never one of these.
+    folder: DocId,
     loaded: HashMap<DocId, (FileDoc, Instant)>,
 }
 
 impl FileDocs {
-    pub(super) fn new(actor: ActorId) -> FileDocs {
-        FileDocs { actor, loaded: HashMap::new() }
+    pub(super) fn new(actor: ActorId, folder: DocId) -> FileDocs {
+        FileDocs { actor, folder, loaded: HashMap::new() }
     }
 
     /// The document `id`, read from `store` if it is not in memory; `None` if there is no
     /// such text document (or it does not load, which is logged).
     pub(super) fn get(&mut self, store: &Store, id: DocId) -> Option<&mut FileDoc> {
+        if id == self.folder {
+            return None;
+        }
         if !self.loaded.contains_key(&id) {
             let doc = match store.load_doc(id).and_then(|d| d.map(|d| d.load(self.actor.clone())).transpose())
             {
@@ -57,8 +62,10 @@ impl FileDocs {
         Some(doc)
     }
 
-    /// The document `id`, or a new empty one (a document a peer is about to send).
+    /// The document `id`, or a new empty one (a document a peer is about to send). Not
+    /// for the folder document.
     pub(super) fn get_or_new(&mut self, store: &Store, id: DocId) -> &mut FileDoc {
+        debug_assert_ne!(id, self.folder, "the folder document is not a text document");
         if self.get(store, id).is_none() {
             let doc = automerge::AutoCommit::new().with_actor(self.actor.clone());
             self.loaded.insert(id, (FileDoc::from_doc(doc), Instant::now()));

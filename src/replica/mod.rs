@@ -441,7 +441,7 @@ impl Replica {
             ),
             None => FolderDoc::from_doc(AutoCommit::new().with_actor(id.actor.clone())),
         };
-        let files = FileDocs::new(id.actor.clone());
+        let files = FileDocs::new(id.actor.clone(), id.folder);
         let filter = Filter::load(&root, local::tracked(&store)?);
         let fs = Root::open(&root)?;
         let fetches = Fetches::new(&fs);
