@@ -831,7 +831,10 @@ impl Replica {
 
     /// Every text document's id (stored or only in memory).
     fn file_ids(&mut self) -> Vec<DocId> {
-        self.all_heads().into_iter().map(|(id, _)| id).filter(|id| *id != self.id.folder).collect()
+        let mut ids: BTreeSet<DocId> =
+            self.saved.keys().copied().filter(|id| *id != self.id.folder).collect();
+        ids.extend(self.files.loaded_mut().map(|(id, _)| *id));
+        ids.into_iter().collect()
     }
 
     fn send(&mut self, peer: EndpointId, frame: Frame) {
