@@ -244,6 +244,10 @@ pub struct Replica {
     progress: crate::progress::Shared,
     /// The most documents a peer said it has (a joiner's target).
     docs_expected: u64,
+    /// File documents that hold their text (the progress's `docs_have`), kept up to date
+    /// from the documents each flush changed: asking every document costs an Automerge
+    /// lookup per file, O(folder) per flush.
+    ready_files: HashSet<DocId>,
     /// What each connected peer excludes (it told us), for `status`.
     peer_filters: HashMap<EndpointId, Filter>,
     /// When the next safety-net full rescan is due.
@@ -442,6 +446,7 @@ impl Replica {
         }
         let folder =
             folder.unwrap_or_else(|| FolderDoc::from_doc(AutoCommit::new().with_actor(id.actor.clone())));
+        let ready_files = files.iter().filter(|(_, f)| f.is_ready()).map(|(id, _)| *id).collect();
         let filter = Filter::load(&root, local::tracked(&store)?);
         let fs = Root::open(&root)?;
         let fetches = Fetches::new(&fs);
@@ -461,6 +466,7 @@ impl Replica {
             peer_filters: HashMap::new(),
             progress: Default::default(),
             docs_expected: 0,
+            ready_files,
             tuning,
             next_rescan: tuning.rescan.map(|r| Instant::now() + r),
             paused,
@@ -1554,9 +1560,17 @@ impl Replica {
         self.progress.clone()
     }
 
-    fn report_progress(&mut self) {
-        let docs_have =
-            self.files.values().filter(|f| f.is_ready()).count() as u64 + self.folder.is_ready() as u64;
+    /// `changed`: the documents this flush persisted (any other changed one is still in
+    /// `dirty`); only those can have become ready (or, in theory, stopped being).
+    fn report_progress(&mut self, changed: &BTreeSet<DocId>) {
+        for id in changed.iter().chain(&self.dirty) {
+            if self.files.get(id).is_some_and(FileDoc::is_ready) {
+                self.ready_files.insert(*id);
+            } else {
+                self.ready_files.remove(id);
+            }
+        }
+        let docs_have = self.ready_files.len() as u64 + self.folder.is_ready() as u64;
         let fetching = self.fetches.progress();
         let p = crate::progress::Progress {
             docs_expected: self.docs_expected,
@@ -1683,7 +1697,7 @@ impl Replica {
         for (peer, frame) in self.fetches.assign(&connected) {
             self.send(peer, frame);
         }
-        self.report_progress();
+        self.report_progress(&to_send);
         let peers: Vec<EndpointId> = self.peers.keys().copied().collect();
         for doc in to_send {
             for peer in &peers {
