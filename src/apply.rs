@@ -107,23 +107,32 @@ pub struct Materialized {
 /// changed locally and held back). `content_of` says what a file holds (`None`: its document
 /// has not arrived yet); files are rewritten only when new at their path or when they
 /// are in `changed`.
+///
+/// `only`: `None` looks at every path of the tree and every index row. `Some(paths)` looks
+/// at these paths alone: the caller vouches that everywhere else the index already agrees
+/// with this tree (each row's entry is shown at that row's path, each shown path not
+/// skipped has its entry's row), which is where a whole pass would do nothing, so both
+/// do the same (see `replica::Settled`).
+#[allow(clippy::too_many_arguments)]
 pub fn materialize(
     root: &Root,
     tree: &Tree,
     skip: &dyn Fn(&str, bool) -> bool,
     index: &mut Index,
     changed: &HashSet<DocId>,
+    only: Option<&BTreeSet<String>>,
     content_of: &mut dyn FnMut(DocId) -> Option<Content>,
     journal: &mut Journal<'_>,
 ) -> Materialized {
     let mut m = Materialized::default();
 
     // 1. Deletions: indexed entries no longer shown. Files first, then directories deepest first.
-    let doomed: Vec<(String, IndexEntry)> = index
-        .iter()
-        .filter(|(_, e)| tree.path_of(e.id).is_none())
-        .map(|(p, e)| (p.clone(), e.clone()))
-        .collect();
+    let rows: Box<dyn Iterator<Item = (&String, &IndexEntry)>> = match only {
+        None => Box::new(index.iter()),
+        Some(paths) => Box::new(paths.iter().filter_map(|p| index.get_key_value(p))),
+    };
+    let doomed: Vec<(String, IndexEntry)> =
+        rows.filter(|(_, e)| tree.path_of(e.id).is_none()).map(|(p, e)| (p.clone(), e.clone())).collect();
     for (path, e) in &doomed {
         // Excluded here (ignored, untracked): never deleted because of a peer; the entry
         // is simply forgotten.
@@ -191,9 +200,16 @@ pub fn materialize(
     // 2. Moves, parents first, then 3. creations and content, also parents first.
     // File writes wait in `pending` (content durable in temp files) until a batch's
     // intents are committed at once; a move renames paths under them, so it goes after.
-    let mut where_is: HashMap<DocId, String> = index.iter().map(|(p, e)| (e.id, p.clone())).collect();
+    let mut where_is: HashMap<DocId, String> = match only {
+        None => index.iter().map(|(p, e)| (e.id, p.clone())).collect(),
+        Some(paths) => paths.iter().filter_map(|p| Some((index.get(p)?.id, p.clone()))).collect(),
+    };
+    let shown: Box<dyn Iterator<Item = (&String, &(DocId, EntryKind))>> = match only {
+        None => Box::new(tree.by_path.iter()),
+        Some(paths) => Box::new(paths.iter().filter_map(|p| tree.by_path.get_key_value(p))),
+    };
     let mut pending: Vec<Prepared> = Vec::new();
-    for (path, &(id, kind)) in &tree.by_path {
+    for (path, &(id, kind)) in shown {
         if skip(path, kind == EntryKind::Dir) {
             continue;
         }

@@ -320,6 +320,12 @@ impl FolderDoc {
     /// Closes the pending transaction into one change made at `at_ms` (ms since the
     /// epoch, for history).
     pub fn commit_at(&mut self, at_ms: i64) {
+        // Nothing pending, no change. Automerge would still open and close a transaction,
+        // which adds this process's actor to the document and takes it out again: a
+        // rewrite of the whole op set, paid by every scan that recorded nothing here.
+        if self.doc.pending_ops() == 0 {
+            return;
+        }
         self.doc.commit_with(automerge::transaction::CommitOptions::default().with_time(at_ms));
     }
 

@@ -270,6 +270,10 @@ pub struct Replica {
     pending: Option<(Scope, Instant, Instant)>,
     reported: HashSet<String>,
     tree: TreeCache,
+    /// What the last materialisation settled, so the next looks only at what changed.
+    settled: Settled,
+    /// Bumped whenever the filter is read again (the materialisation's skip rules change).
+    filter_generation: u64,
     /// Documents that arrived whole from a peer, with the heads they hold: persisted as
     /// they came if nothing changed them before the next flush.
     received_whole: HashMap<DocId, (Vec<ChangeHash>, Vec<u8>)>,
@@ -313,6 +317,8 @@ pub struct Replica {
 struct TreeCache {
     heads: Option<Vec<ChangeHash>>,
     tree: Tree,
+    /// Bumped at each rendering (a new tree, maybe an identical one).
+    generation: u64,
     /// The entries the tree was rendered from.
     entries: BTreeMap<DocId, Entry>,
 }
@@ -326,6 +332,7 @@ impl TreeCache {
             let view = FolderView { entries: &self.entries, strategy: folder.strategy(), members: &members };
             self.tree = render(&view, &Facts { files: RefCell::new(files), store, entries: &self.entries });
             self.heads = Some(heads);
+            self.generation += 1;
         }
         &self.tree
     }
@@ -334,6 +341,95 @@ impl TreeCache {
     fn file_changed(&mut self, id: DocId) {
         if self.tree.depends_on.contains(&id) {
             self.heads = None;
+        }
+    }
+}
+
+/// Where the disk (as the index records it) already matches the rendered tree, so that a
+/// remote edit of one file is materialised by looking at that file, not at the whole
+/// folder (see the `only` of [`materialize`]).
+///
+/// A whole pass is followed by a check of every row and every shown path; if each row's
+/// entry is shown at that row's path, the tree, filter and held paths it ran with become the
+/// basis. While they stay the same, the next pass looks only at: the shown paths that were
+/// not settled (a document not arrived, a failed write), the index rows changed since (by
+/// scans, commands, or the pass itself), and the paths of the changed entries. Everywhere
+/// else a whole pass would find each row in place and nothing to write. Anything that
+/// looks like a move or a deletion there, a new tree, new rules or held paths: a whole pass.
+#[derive(Default)]
+struct Settled {
+    /// (tree generation, filter generation, held paths) of the whole pass that settled.
+    basis: Option<(u64, u64, BTreeSet<String>)>,
+    /// Shown, not skipped paths whose index row is not their entry's.
+    unsettled: BTreeSet<String>,
+    /// Index rows persisted since the last pass (rows still to persist are in
+    /// `Replica::index_touched`).
+    rows_changed: BTreeSet<String>,
+}
+
+impl Settled {
+    /// The paths the next pass must look at, or `None` for a whole pass.
+    fn scope(
+        &self,
+        basis: (u64, u64, &BTreeSet<String>),
+        tree: &Tree,
+        index: &Index,
+        changed: &HashSet<DocId>,
+        touched: &BTreeSet<String>,
+    ) -> Option<BTreeSet<String>> {
+        let (generation, filter_generation, held) = self.basis.as_ref()?;
+        if (*generation, *filter_generation, held) != basis {
+            return None;
+        }
+        let mut paths = self.unsettled.clone();
+        paths.extend(self.rows_changed.iter().chain(touched).cloned());
+        paths.extend(changed.iter().filter_map(|id| tree.path_of(*id)).map(str::to_string));
+        // A row whose entry is shown elsewhere or not at all: a move or a deletion.
+        let misplaced = |p: &String| index.get(p).is_some_and(|e| tree.path_of(e.id) != Some(p.as_str()));
+        if paths.iter().any(misplaced) {
+            return None;
+        }
+        Some(paths)
+    }
+
+    /// Records what a pass left: `looked_at` the paths it looked at (`None`: all).
+    fn after_pass(
+        &mut self,
+        basis: (u64, u64, &BTreeSet<String>),
+        tree: &Tree,
+        index: &Index,
+        skip: &dyn Fn(&str, bool) -> bool,
+        looked_at: Option<&BTreeSet<String>>,
+    ) {
+        self.rows_changed.clear();
+        let unsettled = |p: &str| {
+            tree.by_path.get(p).is_some_and(|&(id, kind)| {
+                !skip(p, kind == EntryKind::Dir) && index.get(p).is_none_or(|e| e.id != id)
+            })
+        };
+        let misplaced = |p: &str, e: &IndexEntry| tree.path_of(e.id) != Some(p);
+        match looked_at {
+            None => {
+                if index.iter().any(|(p, e)| misplaced(p, e)) {
+                    self.basis = None;
+                    return;
+                }
+                self.unsettled = tree.by_path.keys().filter(|p| unsettled(p)).cloned().collect();
+                self.basis = Some((basis.0, basis.1, basis.2.clone()));
+            }
+            Some(paths) => {
+                for p in paths {
+                    if index.get(p).is_some_and(|e| misplaced(p, e)) {
+                        self.basis = None;
+                        return;
+                    }
+                    if unsettled(p) {
+                        self.unsettled.insert(p.clone());
+                    } else {
+                        self.unsettled.remove(p);
+                    }
+                }
+            }
         }
     }
 }
@@ -491,6 +587,8 @@ impl Replica {
             pending: None,
             reported: HashSet::new(),
             tree: TreeCache::default(),
+            settled: Settled::default(),
+            filter_generation: 0,
             retry: HashSet::new(),
             retry_at: None,
             received_whole: HashMap::new(),
@@ -1160,6 +1258,7 @@ impl Replica {
             None
         });
         self.filter = Filter::load(&self.root, tracked);
+        self.filter_generation += 1;
         for p in &self.filter.problems {
             warn!("ignore rules: {p}");
         }
@@ -1671,15 +1770,23 @@ impl Replica {
                 crate::crash::point(crate::crash::BEFORE_RENAME, intents.iter().map(|(p, _)| p.as_str()));
                 Ok(())
             };
+            let basis = (self.tree.generation, self.filter_generation, held);
+            let only = self.settled.scope(basis, &self.tree.tree, &self.index, &changed, &self.index_touched);
             let m = materialize(
                 &self.fs,
                 &self.tree.tree,
                 &skip,
                 &mut self.index,
                 &changed,
+                only.as_ref(),
                 &mut content_of,
                 &mut journal,
             );
+            let looked_at = only.map(|mut paths| {
+                paths.extend(m.touched.iter().cloned());
+                paths
+            });
+            self.settled.after_pass(basis, &self.tree.tree, &self.index, &skip, looked_at.as_ref());
             crate::crash::point(crate::crash::AFTER_MATERIALISE, m.touched.iter().map(String::as_str));
             self.report_refused_names();
             let rules_changed = m.touched.iter().any(|p| Filter::is_rule_file(p));
@@ -1810,6 +1917,7 @@ impl Replica {
         batch.signatures = signatures.iter().map(|(h, s)| (*h, s.to_bytes())).collect();
         let rows = std::mem::take(&mut self.index_touched);
         batch.index = rows.iter().map(|p| (p.clone(), self.index.get(p).cloned())).collect();
+        self.settled.rows_changed.extend(rows.iter().cloned());
         if let Err(e) = self.store.commit(batch) {
             // Keep them dirty: they are retried at the next flush and not sent before.
             warn!("could not persist changes: {e:#}");
@@ -1836,6 +1944,7 @@ impl Replica {
             return;
         }
         let touched = std::mem::take(&mut self.index_touched);
+        self.settled.rows_changed.extend(touched.iter().cloned());
         let rows = touched.iter().cloned().map(|p| {
             let e = self.index.get(&p).cloned();
             (p, e)
