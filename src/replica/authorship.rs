@@ -114,6 +114,11 @@ fn chunks(mut data: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
     Ok(out)
 }
 
+/// Whether a payload is one whole document (a `save()`), not changes.
+pub(super) fn is_whole_document(data: &[u8]) -> bool {
+    matches!(chunks(data).as_deref(), Ok([(CHUNK_DOCUMENT, _)]))
+}
+
 /// Unsigned LEB128: the value and how many bytes it took.
 fn uleb(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value: u64 = 0;
@@ -177,7 +182,12 @@ impl Replica {
         if base.is_empty() {
             // A whole document: its save() is far smaller than its changes, and the
             // change metadata (no operations) is enough to sign.
-            let data = d.save();
+            let heads = d.get_heads();
+            let data = match self.fresh_saves.get(&doc) {
+                Some((at, bytes)) if *at == heads => bytes.clone(),
+                _ => self.doc_mut(doc).save(),
+            };
+            let d = self.doc_mut(doc);
             let metas: Vec<(ChangeHash, bool)> =
                 d.get_changes_meta(&[]).into_iter().map(|m| (m.hash, mine(&m.actor))).collect();
             if metas.is_empty() {
@@ -210,8 +220,17 @@ impl Replica {
             return Err("a payload mixing documents and changes, or a compressed change".into());
         }
         let actor = self.id.actor.clone();
+        let preloaded = self.preloaded.remove(&doc);
         let d = self.doc_mut(doc);
         let ours = d.get_heads();
+        if ours.is_empty()
+            && let Some((hash, mut whole)) = preloaded
+            && hash == *blake3::hash(data).as_bytes()
+        {
+            // Loaded ahead from these very bytes (`Replica::preload`).
+            let infos = whole.get_changes_meta(&[]).into_iter().map(ChangeInfo::from).collect();
+            return Ok(Incoming { infos, apply: Apply::Replace(Box::new(whole)) });
+        }
         // A whole document, usually for one we lack; for one we have (the sender did not
         // know our heads), what it adds is what a copy of ours gains from it.
         // (A fork gets a random actor: ours is set back, it replaces our document.)
@@ -257,13 +276,20 @@ impl Replica {
         if doc == self.id.folder {
             self.check_folder_authors(&authors, &incoming.apply)?;
         } else {
-            self.tree.get(&mut self.folder, &mut self.files, &self.store);
+            let none = BTreeMap::new();
             for (author, at) in &authors {
                 if !members.contains_key(author) {
                     return Err(Refusal::UnknownAuthor);
                 }
                 let role = Role::at(&members, author, *at);
-                if !policy::allows_file_change(role, doc, &self.tree.entries) {
+                // Only an editor's right depends on the entry (rendering the tree reads
+                // every entry: per frame of a join, that was most of the joiner's work).
+                let entries = if role == Role::Editor {
+                    self.tree.get_entries(&mut self.folder, &mut self.files, &self.store)
+                } else {
+                    &none
+                };
+                if !policy::allows_file_change(role, doc, entries) {
                     return Err(Refusal::NotAllowed(format!(
                         "a {} may not change the content of this file",
                         role.as_str()

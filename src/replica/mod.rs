@@ -308,6 +308,12 @@ pub struct Replica {
     /// New text files of a big import not recorded yet, in the scan's order: recorded a
     /// chunk per flush, so peers are admitted and served while the import runs.
     import_rest: Vec<LocalOp>,
+    /// Whole documents a batch of frames brings, loaded ahead on every core (see
+    /// [`Replica::preload`]), by document, with the BLAKE3 hash of the bytes they came from.
+    preloaded: HashMap<DocId, ([u8; 32], AutoCommit)>,
+    /// Our new documents' `save()` from `persist_docs`, reused by the push that follows in
+    /// the same flush (a new document is sent whole: encoding it once is enough).
+    fresh_saves: HashMap<DocId, (Vec<ChangeHash>, Vec<u8>)>,
 }
 
 /// The rendered tree, recomputed only when the folder document changed or a file
@@ -335,6 +341,17 @@ impl TreeCache {
             self.generation += 1;
         }
         &self.tree
+    }
+
+    /// The entries the current tree is rendered from.
+    fn get_entries(
+        &mut self,
+        folder: &mut FolderDoc,
+        files: &mut FileDocs,
+        store: &Store,
+    ) -> &BTreeMap<DocId, Entry> {
+        self.get(folder, files, store);
+        &self.entries
     }
 
     /// A file document changed: the tree is stale if it depended on it.
@@ -463,6 +480,16 @@ impl FileFacts for Facts<'_> {
 /// chunk per flush, so a join is answered and the first files sent within a second.
 const IMPORT_CHUNK_BYTES: usize = 512 * 1024;
 
+/// A later chunk of a big import records this much new text per entry the folder already
+/// has, between [`IMPORT_CHUNK_BYTES`] and [`MAX_IMPORT_CHUNK_BYTES`]: recording a chunk
+/// renders the tree, O(entries), so fixed-size chunks made an import quadratic (at 8,000
+/// files, half the sharer's CPU went to rendering).
+const IMPORT_BYTES_PER_ENTRY: usize = 1024;
+
+/// The largest chunk of a big import (about 3 s of work on two cores of the build
+/// machine): events, such as a join, wait at most that long.
+const MAX_IMPORT_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
 /// Below this much new text the documents are built in `record`, one by one: threads
 /// would cost more than they save.
 const PARALLEL_IMPORT_BYTES: usize = 256 * 1024;
@@ -553,6 +580,8 @@ impl Replica {
             guards,
             prebuilt: HashMap::new(),
             import_rest: Vec::new(),
+            preloaded: HashMap::new(),
+            fresh_saves: HashMap::new(),
             mode,
             peer_filters: HashMap::new(),
             progress: Default::default(),
@@ -711,13 +740,18 @@ impl Replica {
                 _ = cancel.cancelled() => break,
                 ev = inbox.recv() => {
                     let Some(ev) = ev else { break };
-                    self.handle(ev);
-                    for _ in 1..MAX_EVENTS_PER_FLUSH {
+                    let mut batch = vec![ev];
+                    while batch.len() < MAX_EVENTS_PER_FLUSH {
                         match inbox.try_recv() {
-                            Ok(ev) => self.handle(ev),
+                            Ok(ev) => batch.push(ev),
                             Err(_) => break,
                         }
                     }
+                    self.preload(&batch);
+                    for ev in batch {
+                        self.handle(ev);
+                    }
+                    self.preloaded.clear();
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                     self.poll_guards();
@@ -813,6 +847,67 @@ impl Replica {
             }
             Event::Admission(request) => self.admission(request),
         }
+    }
+
+    /// Loads the whole documents a batch of frames brings on every core, ahead of
+    /// [`Replica::receive_changes`], which takes them instead of decoding the bytes itself:
+    /// loading a `save()` into Automerge is most of a join's work, and each document is
+    /// independent. Only frames that would be loaded into an empty document are taken
+    /// (new files, from a current session), and each payload passes [`intake::inspect`]
+    /// before it is decoded (behind `catch_unwind`), as on the one-by-one path; everything
+    /// after decoding (signatures, roles, the waiting bound, applying) is unchanged. A
+    /// payload that fails here is simply not preloaded: `receive_changes` decodes it
+    /// again and acts on the failure.
+    fn preload(&mut self, batch: &[Event]) {
+        let mut todo: Vec<(DocId, &[u8])> = Vec::new();
+        let mut seen: HashSet<DocId> = HashSet::new();
+        for ev in batch {
+            let Event::Frame { peer, conn_id, frame: Frame::Changes { doc, data, .. } } = ev else {
+                continue;
+            };
+            if *doc == self.id.folder
+                || self.peers.get(peer).is_none_or(|l| l.conn_id != *conn_id)
+                || !authorship::is_whole_document(data)
+                || !seen.insert(*doc)
+                || self.saved.get(doc).is_some_and(|h| !h.is_empty())
+                || self.files.in_memory(*doc).is_some_and(|f| !f.heads().is_empty())
+            {
+                continue;
+            }
+            todo.push((*doc, data));
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
+        if threads < 2 {
+            return;
+        }
+        let (actor, limits) = (&self.id.actor, &self.tuning.intake);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let loaded: Vec<(DocId, [u8; 32], AutoCommit)> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((doc, data)) = todo.get(i) else { break };
+                            if intake::inspect(data, limits).is_err() {
+                                continue;
+                            }
+                            let load = || {
+                                let mut d = AutoCommit::new().with_actor(actor.clone());
+                                d.load_incremental(data).ok().map(|_| d)
+                            };
+                            if let Ok(Some(d)) = intake::decode_isolated(load) {
+                                out.push((*doc, *blake3::hash(data).as_bytes(), d));
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+        });
+        self.preloaded.extend(loaded.into_iter().map(|(doc, hash, d)| (doc, (hash, d))));
     }
 
     fn peer_up(&mut self, session: Session) {
@@ -1395,7 +1490,10 @@ impl Replica {
         if self.import_rest.is_empty() || !self.folder_present() {
             return;
         }
-        let mut budget = IMPORT_CHUNK_BYTES;
+        // Each chunk renders the tree again (every entry read back from the folder
+        // document): the chunk grows with the folder so that stays a small part of it.
+        let mut budget =
+            (self.index.len() * IMPORT_BYTES_PER_ENTRY).clamp(IMPORT_CHUNK_BYTES, MAX_IMPORT_CHUNK_BYTES);
         let mut n = 0;
         while n < self.import_rest.len() && budget > 0 {
             if let LocalOp::CreateFile { content, .. } = &self.import_rest[n] {
@@ -1839,6 +1937,8 @@ impl Replica {
             }
         }
         self.files.drop_idle(&self.saved);
+        // Only for this flush's pushes: a backlogged document is encoded when it goes.
+        self.fresh_saves.clear();
     }
 
     /// Entries the tree hides because a peer gave them a name that may not reach disk: said
@@ -1898,6 +1998,7 @@ impl Replica {
             let prev = self.saved.get(doc).cloned();
             self.tree.file_changed(*doc);
             let received = self.received_whole.remove(doc);
+            let new_doc = prev.is_none() && received.is_none();
             let d = self.doc_mut(*doc);
             let heads = d.get_heads();
             if prev.as_ref() == Some(&heads) {
@@ -1908,7 +2009,14 @@ impl Replica {
                 // A document that arrived whole and has not changed since: its bytes are
                 // already a save, no need to encode it again (most of a join's CPU).
                 (_, Some((at, bytes))) if at == heads => batch.snapshots.push((*doc, bytes)),
-                _ => batch.snapshots.push((*doc, d.save())),
+                _ => {
+                    let bytes = d.save();
+                    if new_doc {
+                        // Our new document: peers get it whole, from these bytes.
+                        self.fresh_saves.insert(*doc, (heads.clone(), bytes.clone()));
+                    }
+                    batch.snapshots.push((*doc, bytes))
+                }
             }
             batch.heads.push((*doc, hashes(&heads)));
             self.saved.insert(*doc, heads);
