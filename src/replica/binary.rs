@@ -10,19 +10,32 @@ impl Replica {
     pub(super) fn stale_binaries(&mut self) -> HashSet<DocId> {
         let exec_synced = self.exec_synced();
         self.tree.get(&mut self.folder, &mut self.files, &self.store);
-        let on_disk: HashMap<DocId, &IndexEntry> = self.index.values().map(|e| (e.id, e)).collect();
+        // Runs at every remote change: a text file (most of a folder) is passed over
+        // without a filter match or an index lookup.
+        let mut by_id: Option<HashMap<DocId, &IndexEntry>> = None;
         let mut stale = HashSet::new();
         let mut wanted: HashMap<Hash, u64> = HashMap::new();
         for (path, &(id, kind)) in &self.tree.tree.by_path {
-            if kind != EntryKind::File || self.filter.excludes(path, false) {
+            if kind != EntryKind::File {
                 continue;
             }
             let Some(entry) = self.tree.entries.get(&id) else { continue };
-            let disk = on_disk.get(&id);
+            let blob = entry.blob();
+            if (blob.is_none() && !exec_synced) || self.filter.excludes(path, false) {
+                continue;
+            }
+            // The row at its path, or wherever the disk holds it (a rename not written yet).
+            let disk = match self.index.get(path).filter(|e| e.id == id) {
+                Some(e) => Some(e),
+                None => by_id
+                    .get_or_insert_with(|| self.index.values().map(|e| (e.id, e)).collect())
+                    .get(&id)
+                    .copied(),
+            };
             if exec_synced && disk.is_some_and(|d| d.stat.is_exec() != entry.exec) {
                 stale.insert(id);
             }
-            let Some(b) = entry.blob() else { continue };
+            let Some(b) = blob else { continue };
             if disk.is_none_or(|d| d.hash != b.hash) {
                 stale.insert(id);
                 if b.size > 0 {
