@@ -22,6 +22,7 @@ pub mod home;
 pub mod intake;
 pub mod local;
 pub mod locks;
+pub mod memory;
 pub mod net;
 pub mod node;
 pub mod policy;

@@ -393,7 +393,9 @@ async fn run(
                     break;
                 }
                 Err(e) => {
-                    warn!(peer = %peer.fmt_short(), "dropping connection: {e:#}");
+                    // The stream's error says only "connection lost": the connection says why.
+                    let why = conn.close_reason().map(|r| r.to_string()).unwrap_or_default();
+                    warn!(peer = %peer.fmt_short(), "dropping connection: {e:#} ({why})");
                     break;
                 }
             }

@@ -96,7 +96,8 @@ impl FileDocs {
     /// Drops documents idle for [`IDLE`], then the least recently used beyond
     /// [`MAX_LOADED`], among those whose heads are the persisted ones (`saved`) and that hold no change
     /// waiting for its dependencies.
-    pub(super) fn drop_idle(&mut self, saved: &HashMap<DocId, Vec<ChangeHash>>) {
+    /// Returns how many were dropped.
+    pub(super) fn drop_idle(&mut self, saved: &HashMap<DocId, Vec<ChangeHash>>) -> usize {
         let now = Instant::now();
         let mut clean: Vec<(Instant, DocId)> = self
             .loaded
@@ -110,10 +111,21 @@ impl FileDocs {
             .collect();
         clean.sort_unstable();
         let excess = self.loaded.len().saturating_sub(MAX_LOADED);
+        let before = self.loaded.len();
         for (k, (used, id)) in clean.into_iter().enumerate() {
             if k < excess || now.duration_since(used) >= IDLE {
                 self.loaded.remove(&id);
             }
         }
+        before - self.loaded.len()
+    }
+
+    /// When the least recently used document in memory becomes idle (a flush then drops
+    /// it): an idle replica must not keep the last documents it used for good.
+    /// (Only future times: a document that stays for another reason must not wake the
+    /// replica again and again.)
+    pub(super) fn next_idle(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.loaded.values().map(|(_, used)| *used + IDLE).filter(|at| *at > now).min()
     }
 }

@@ -50,6 +50,7 @@ mod history;
 mod locking;
 mod reach;
 mod roles;
+mod settled;
 mod status;
 
 pub use admission::{Admission, JOIN_APPROVAL};
@@ -57,6 +58,7 @@ use authorship::{Apply, Refusal};
 pub use authorship::{Signed, sign_change};
 use docs::FileDocs;
 pub use guards::{MASS_DELETE_MIN, MASS_DELETE_PERCENT, MIN_DISK_FREE};
+use settled::Settled;
 
 use crate::apply::{self, Body, Content, materialize};
 use crate::blob::{self, Fetches, Hash, Hashed, Next};
@@ -98,6 +100,9 @@ const FETCH_POLL: Duration = Duration::from_secs(5);
 const SIMULTANEOUS_DIAL: Duration = Duration::from_secs(3);
 /// How many events are handled before a flush, so a flood of frames is batched.
 const MAX_EVENTS_PER_FLUSH: usize = 256;
+/// Quiet time after the last event before memory freed meanwhile is handed back to the
+/// system (see [`crate::memory`]).
+const QUIET_BEFORE_TRIM: Duration = Duration::from_secs(5);
 /// Introduced peers kept while they are not known as members yet.
 const MAX_INTRODUCED: usize = 256;
 /// Changes frames kept while their authors' admission is on its way.
@@ -248,6 +253,9 @@ pub struct Replica {
     progress: crate::progress::Shared,
     /// The most documents a peer said it has (a joiner's target).
     docs_expected: u64,
+    /// When to hand memory freed by recent work back to the system (see
+    /// [`crate::memory`]): [`QUIET_BEFORE_TRIM`] after the last event.
+    trim_at: Option<Instant>,
     /// What each connected peer excludes (it told us), for `status`.
     peer_filters: HashMap<EndpointId, Filter>,
     /// When the next safety-net full rescan is due.
@@ -358,95 +366,6 @@ impl TreeCache {
     fn file_changed(&mut self, id: DocId) {
         if self.tree.depends_on.contains(&id) {
             self.heads = None;
-        }
-    }
-}
-
-/// Where the disk (as the index records it) already matches the rendered tree, so that a
-/// remote edit of one file is materialised by looking at that file, not at the whole
-/// folder (see the `only` of [`materialize`]).
-///
-/// A whole pass is followed by a check of every row and every shown path; if each row's
-/// entry is shown at that row's path, the tree, filter and held paths it ran with become the
-/// basis. While they stay the same, the next pass looks only at: the shown paths that were
-/// not settled (a document not arrived, a failed write), the index rows changed since (by
-/// scans, commands, or the pass itself), and the paths of the changed entries. Everywhere
-/// else a whole pass would find each row in place and nothing to write. Anything that
-/// looks like a move or a deletion there, a new tree, new rules or held paths: a whole pass.
-#[derive(Default)]
-struct Settled {
-    /// (tree generation, filter generation, held paths) of the whole pass that settled.
-    basis: Option<(u64, u64, BTreeSet<String>)>,
-    /// Shown, not skipped paths whose index row is not their entry's.
-    unsettled: BTreeSet<String>,
-    /// Index rows persisted since the last pass (rows still to persist are in
-    /// `Replica::index_touched`).
-    rows_changed: BTreeSet<String>,
-}
-
-impl Settled {
-    /// The paths the next pass must look at, or `None` for a whole pass.
-    fn scope(
-        &self,
-        basis: (u64, u64, &BTreeSet<String>),
-        tree: &Tree,
-        index: &Index,
-        changed: &HashSet<DocId>,
-        touched: &BTreeSet<String>,
-    ) -> Option<BTreeSet<String>> {
-        let (generation, filter_generation, held) = self.basis.as_ref()?;
-        if (*generation, *filter_generation, held) != basis {
-            return None;
-        }
-        let mut paths = self.unsettled.clone();
-        paths.extend(self.rows_changed.iter().chain(touched).cloned());
-        paths.extend(changed.iter().filter_map(|id| tree.path_of(*id)).map(str::to_string));
-        // A row whose entry is shown elsewhere or not at all: a move or a deletion.
-        let misplaced = |p: &String| index.get(p).is_some_and(|e| tree.path_of(e.id) != Some(p.as_str()));
-        if paths.iter().any(misplaced) {
-            return None;
-        }
-        Some(paths)
-    }
-
-    /// Records what a pass left: `looked_at` the paths it looked at (`None`: all).
-    fn after_pass(
-        &mut self,
-        basis: (u64, u64, &BTreeSet<String>),
-        tree: &Tree,
-        index: &Index,
-        skip: &dyn Fn(&str, bool) -> bool,
-        looked_at: Option<&BTreeSet<String>>,
-    ) {
-        self.rows_changed.clear();
-        let unsettled = |p: &str| {
-            tree.by_path.get(p).is_some_and(|&(id, kind)| {
-                !skip(p, kind == EntryKind::Dir) && index.get(p).is_none_or(|e| e.id != id)
-            })
-        };
-        let misplaced = |p: &str, e: &IndexEntry| tree.path_of(e.id) != Some(p);
-        match looked_at {
-            None => {
-                if index.iter().any(|(p, e)| misplaced(p, e)) {
-                    self.basis = None;
-                    return;
-                }
-                self.unsettled = tree.by_path.keys().filter(|p| unsettled(p)).cloned().collect();
-                self.basis = Some((basis.0, basis.1, basis.2.clone()));
-            }
-            Some(paths) => {
-                for p in paths {
-                    if index.get(p).is_some_and(|e| misplaced(p, e)) {
-                        self.basis = None;
-                        return;
-                    }
-                    if unsettled(p) {
-                        self.unsettled.insert(p.clone());
-                    } else {
-                        self.unsettled.remove(p);
-                    }
-                }
-            }
         }
     }
 }
@@ -581,6 +500,7 @@ impl Replica {
             prebuilt: HashMap::new(),
             import_rest: Vec::new(),
             preloaded: HashMap::new(),
+            trim_at: None,
             fresh_saves: HashMap::new(),
             mode,
             peer_filters: HashMap::new(),
@@ -728,6 +648,10 @@ impl Replica {
                 let at = tokio::time::Instant::from_std(at);
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
+            for at in [self.files.next_idle(), self.trim_at].into_iter().flatten() {
+                let at = tokio::time::Instant::from_std(at);
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            }
             if self.has_backlog() {
                 let soon = tokio::time::Instant::now() + BACKLOG_POLL;
                 wake = Some(wake.map_or(soon, |w| w.min(soon)));
@@ -752,6 +676,7 @@ impl Replica {
                         self.handle(ev);
                     }
                     self.preloaded.clear();
+                    self.trim_at = Some(Instant::now() + QUIET_BEFORE_TRIM);
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                     self.poll_guards();
@@ -772,6 +697,10 @@ impl Replica {
             // After the events: a join waiting for admission is answered between chunks.
             self.import_more();
             self.flush();
+            if self.trim_at.is_some_and(|at| at <= Instant::now()) {
+                self.trim_at = None;
+                crate::memory::return_free_memory();
+            }
         }
         // Last look at the disk, so an edit made just before shutdown is not left for later.
         if self.pending.is_some() {
@@ -1936,7 +1865,9 @@ impl Replica {
                 self.push(*peer, doc);
             }
         }
-        self.files.drop_idle(&self.saved);
+        if self.files.drop_idle(&self.saved) > 0 {
+            self.trim_at.get_or_insert_with(|| Instant::now() + QUIET_BEFORE_TRIM);
+        }
         // Only for this flush's pushes: a backlogged document is encoded when it goes.
         self.fresh_saves.clear();
     }
