@@ -423,21 +423,32 @@ fn build_file_docs(actor: &ActorId, files: Vec<(DocId, &str)>, at_ms: i64) -> Ha
     if bytes < PARALLEL_IMPORT_BYTES || threads < 2 {
         return HashMap::new();
     }
-    // Files vary in size: each thread takes the next one when done (no fixed shares).
+    on_every_core(&files, threads, |(id, text)| {
+        FileDoc::create(actor.clone(), text, at_ms).ok().map(|d| (*id, d))
+    })
+    .into_iter()
+    .collect()
+}
+
+/// `work` applied to each item on `threads` threads, keeping what it returns. Items vary
+/// in size (files, documents), so each thread takes the next item when done rather than a
+/// fixed share. The results come in no particular order.
+fn on_every_core<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&T) -> Option<R> + Sync,
+) -> Vec<R> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
-                    let mut built = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((id, text)) = files.get(i) else { break };
-                        if let Ok(doc) = FileDoc::create(actor.clone(), text, at_ms) {
-                            built.push((*id, doc));
-                        }
+                    let mut out = Vec::new();
+                    while let Some(item) = items.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        out.extend(work(item));
                     }
-                    built
+                    out
                 })
             })
             .collect();
@@ -810,31 +821,14 @@ impl Replica {
             return;
         }
         let (actor, limits) = (&self.id.actor, &self.tuning.intake);
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let loaded: Vec<(DocId, [u8; 32], AutoCommit)> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut out = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some((doc, data)) = todo.get(i) else { break };
-                            if intake::inspect(data, limits).is_err() {
-                                continue;
-                            }
-                            let load = || {
-                                let mut d = AutoCommit::new().with_actor(actor.clone());
-                                d.load_incremental(data).ok().map(|_| d)
-                            };
-                            if let Ok(Some(d)) = intake::decode_isolated(load) {
-                                out.push((*doc, *blake3::hash(data).as_bytes(), d));
-                            }
-                        }
-                        out
-                    })
-                })
-                .collect();
-            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+        let loaded = on_every_core(&todo, threads, |(doc, data)| {
+            intake::inspect(data, limits).ok()?;
+            let load = || {
+                let mut d = AutoCommit::new().with_actor(actor.clone());
+                d.load_incremental(data).ok().map(|_| d)
+            };
+            let d = intake::decode_isolated(load).ok().flatten()?;
+            Some((*doc, *blake3::hash(data).as_bytes(), d))
         });
         self.preloaded.extend(loaded.into_iter().map(|(doc, hash, d)| (doc, (hash, d))));
     }
