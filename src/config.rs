@@ -7,6 +7,7 @@
 //! relay_ca = "/etc/teatime/relay-ca.pem"   # trust a relay's private CA (or self-signed cert)
 //! debounce_ms = 20          # quiet time after a file event before looking
 //! rescan_secs = 3600        # full rescan behind the watcher (0: never)
+//! rest_secs = 30            # quiet time before a folder drops its state from memory (0: never)
 //! text_limit = 8388608      # bytes; for folders that do not set `text-limit` themselves
 //! max_doc_bytes = 268435456 # bytes a peer may send for one document at once, inflated
 //! ```
@@ -38,6 +39,8 @@ pub struct Config {
     pub debounce_ms: Option<u64>,
     /// Periodic full rescan, s (0: never).
     pub rescan_secs: Option<u64>,
+    /// Quiet time before a folder's replica rests, s (0: never; see `replica/rest.rs`).
+    pub rest_secs: Option<u64>,
     /// Default text size limit, bytes.
     pub text_limit: Option<u64>,
     /// Cap on one document's payload from a peer, inflated, bytes (see [`crate::intake`]).
@@ -51,6 +54,8 @@ pub struct Tuning {
     pub debounce: Duration,
     /// Full rescan interval (`None`: never).
     pub rescan: Option<Duration>,
+    /// Quiet time before the replica drops what grows with the folder (`None`: never).
+    pub rest: Option<Duration>,
     /// Text size limit for folders that do not set one.
     pub text_limit: u64,
     /// Caps on what peers send before it is decoded.
@@ -62,6 +67,7 @@ impl Default for Tuning {
         Tuning {
             debounce: Duration::from_millis(20),
             rescan: Some(Duration::from_secs(3600)),
+            rest: Some(crate::replica::REST_AFTER),
             text_limit: crate::scan::DEFAULT_TEXT_LIMIT_BYTES,
             intake: crate::intake::Limits::default(),
         }
@@ -89,6 +95,11 @@ impl Config {
                 Some(s) => Some(Duration::from_secs(s)),
                 None => d.rescan,
             },
+            rest: match self.rest_secs {
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+                None => d.rest,
+            },
             text_limit: self.text_limit.unwrap_or(d.text_limit),
             intake: crate::intake::Limits {
                 max_bytes: self.max_doc_bytes.unwrap_or(d.intake.max_bytes),
@@ -108,13 +119,14 @@ mod tests {
         assert!(Config::load(dir.path()).unwrap().network.is_none());
         std::fs::write(
             dir.path().join(FILE),
-            "network = \"lan\"\ndebounce_ms = 50\nrescan_secs = 0\nmax_doc_bytes = 1024\n",
+            "network = \"lan\"\ndebounce_ms = 50\nrescan_secs = 0\nmax_doc_bytes = 1024\nrest_secs = 2\n",
         )
         .unwrap();
         let c = Config::load(dir.path()).unwrap();
         assert_eq!(c.network, Some(NetworkMode::Lan));
         let t = c.tuning();
         assert_eq!((t.debounce, t.rescan, t.intake.max_bytes), (Duration::from_millis(50), None, 1024));
+        assert_eq!(t.rest, Some(Duration::from_secs(2)));
         std::fs::write(dir.path().join(FILE), "debounce = 50\n").unwrap();
         let err = format!("{:#}", Config::load(dir.path()).unwrap_err());
         assert!(err.contains("debounce"), "{err}");

@@ -140,6 +140,11 @@ impl<P, D> Default for Waiting<P, D> {
 }
 
 impl<P: Hash + Eq + Copy, D: Hash + Eq + Copy> Waiting<P, D> {
+    /// Whether no peer's change is counted as waiting.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
     /// `peer`'s `payload` (of `bytes` bytes) is about to be applied to `doc`; `waiting`
     /// says whether it (or the document) lacks dependencies. Refuses if that takes the
     /// peer over the caps (the caller then drops the payload); otherwise records it.

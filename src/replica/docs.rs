@@ -98,6 +98,17 @@ impl FileDocs {
     /// waiting for its dependencies.
     /// Returns how many were dropped.
     pub(super) fn drop_idle(&mut self, saved: &HashMap<DocId, Vec<ChangeHash>>) -> usize {
+        self.drop_unused(saved, IDLE)
+    }
+
+    /// Drops every document whose heads are persisted and that holds no change waiting
+    /// for its dependencies (a replica going to rest).
+    pub(super) fn drop_persisted(&mut self, saved: &HashMap<DocId, Vec<ChangeHash>>) {
+        self.drop_unused(saved, Duration::ZERO);
+        self.loaded.shrink_to_fit();
+    }
+
+    fn drop_unused(&mut self, saved: &HashMap<DocId, Vec<ChangeHash>>, idle: Duration) -> usize {
         let now = Instant::now();
         let mut clean: Vec<(Instant, DocId)> = self
             .loaded
@@ -113,7 +124,7 @@ impl FileDocs {
         let excess = self.loaded.len().saturating_sub(MAX_LOADED);
         let before = self.loaded.len();
         for (k, (used, id)) in clean.into_iter().enumerate() {
-            if k < excess || now.duration_since(used) >= IDLE {
+            if k < excess || now.duration_since(used) >= idle {
                 self.loaded.remove(&id);
             }
         }

@@ -100,7 +100,7 @@ pub(super) struct Guards {
     confirming: bool,
     /// File deletions recorded recently (when, how many).
     recent: VecDeque<(Instant, usize)>,
-    poll_at: Option<Instant>,
+    pub(super) poll_at: Option<Instant>,
     backoff: Duration,
     /// The next routine presence check.
     presence_at: Instant,
@@ -145,7 +145,7 @@ impl Guards {
         }
     }
 
-    fn all_clear(&self) -> bool {
+    pub(super) fn all_clear(&self) -> bool {
         self.missing.is_none() && self.disk.is_none() && self.store_error.is_none()
     }
 }

@@ -38,7 +38,7 @@ use teatime_crdt::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 mod admission;
 mod authorship;
@@ -49,6 +49,7 @@ mod guards;
 mod history;
 mod locking;
 mod reach;
+mod rest;
 mod roles;
 mod settled;
 mod status;
@@ -58,6 +59,8 @@ use authorship::{Apply, Refusal};
 pub use authorship::{Signed, sign_change};
 use docs::FileDocs;
 pub use guards::{MASS_DELETE_MIN, MASS_DELETE_PERCENT, MIN_DISK_FREE};
+pub use rest::REST_AFTER;
+use rest::{Resident, Rest};
 use settled::Settled;
 
 use crate::apply::{self, Body, Content, materialize};
@@ -187,6 +190,21 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// What kind of event this is, for logs.
+    fn kind(&self) -> &'static str {
+        match self {
+            Event::Hint(_) => "a file event",
+            Event::Control(..) => "a command",
+            Event::PeerUp(_) => "a session",
+            Event::PeerDown { .. } => "a session's end",
+            Event::Admission(_) => "a join",
+            Event::Misbehaved { .. } => "a hostile peer",
+            Event::Frame { .. } => "a peer's frame",
+        }
+    }
+}
+
 struct Link {
     /// The peer's display name.
     name: String,
@@ -224,13 +242,17 @@ pub struct Replica {
     id: Identity,
     me: EndpointId,
     my_name: String,
-    folder: FolderDoc,
+    /// The folder document (dropped while the replica rests, see `rest.rs`).
+    folder: Resident<FolderDoc>,
     /// Text documents, read from the store when used (see `docs.rs`).
     files: FileDocs,
-    index: Index,
+    /// Dropped while the replica rests, like `folder` and `saved`.
+    index: Resident<Index>,
     /// Heads last persisted, per document, for every document in the store (read from
     /// its heads table at start): the heads of a document not in memory.
-    saved: HashMap<DocId, Vec<ChangeHash>>,
+    saved: Resident<HashMap<DocId, Vec<ChangeHash>>>,
+    /// When the replica was last busy, and whether it rests (see `rest.rs`).
+    rest: Rest,
     peers: HashMap<EndpointId, Link>,
     dial: mpsc::Sender<EndpointAddr>,
     /// Binary content being received.
@@ -330,6 +352,8 @@ pub struct Replica {
 #[derive(Default)]
 struct TreeCache {
     heads: Option<Vec<ChangeHash>>,
+    /// The folder's heads when the tree was dropped for a rest (see [`TreeCache::forget`]).
+    forgotten_at: Option<Vec<ChangeHash>>,
     tree: Tree,
     /// Bumped at each rendering (a new tree, maybe an identical one).
     generation: u64,
@@ -345,10 +369,22 @@ impl TreeCache {
             let members = folder.members();
             let view = FolderView { entries: &self.entries, strategy: folder.strategy(), members: &members };
             self.tree = render(&view, &Facts { files: RefCell::new(files), store, entries: &self.entries });
+            // The same folder as before a rest renders the same tree: the same generation,
+            // so the materialisation's settled state still holds.
+            if self.forgotten_at.take().as_ref() != Some(&heads) {
+                self.generation += 1;
+            }
             self.heads = Some(heads);
-            self.generation += 1;
         }
         &self.tree
+    }
+
+    /// Drops the tree and its entries for a rest. Nothing changes while the replica
+    /// rests, so a folder with the same heads afterwards renders the same tree.
+    fn forget(&mut self) {
+        self.forgotten_at = self.heads.take();
+        self.tree = Tree::default();
+        self.entries = BTreeMap::new();
     }
 
     /// The entries the current tree is rendered from.
@@ -367,6 +403,8 @@ impl TreeCache {
         if self.tree.depends_on.contains(&id) {
             self.heads = None;
         }
+        // The tree dropped for a rest is not there to say what it depended on.
+        self.forgotten_at = None;
     }
 }
 
@@ -534,10 +572,11 @@ impl Replica {
             id,
             me,
             my_name,
-            folder,
+            folder: Resident::new(folder),
             files,
-            index,
-            saved,
+            index: Resident::new(index),
+            saved: Resident::new(saved),
+            rest: Rest::new(tuning.rest),
             peers: HashMap::new(),
             dial,
             outboards: HashMap::new(),
@@ -599,7 +638,8 @@ impl Replica {
 
     /// Creates the folder document for a folder shared from here (first share only).
     pub fn create_folder(&mut self) -> Result<()> {
-        self.folder = FolderDoc::create(self.id.actor.clone(), &self.me.to_string(), &self.my_name)?;
+        self.folder =
+            Resident::new(FolderDoc::create(self.id.actor.clone(), &self.me.to_string(), &self.my_name)?);
         self.dirty.insert(self.id.folder);
         self.refresh_membership();
         Ok(())
@@ -659,7 +699,7 @@ impl Replica {
                 let at = tokio::time::Instant::from_std(at);
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
-            for at in [self.files.next_idle(), self.trim_at].into_iter().flatten() {
+            for at in [self.files.next_idle(), self.trim_at, self.rest.next_wake()].into_iter().flatten() {
                 let at = tokio::time::Instant::from_std(at);
                 wake = Some(wake.map_or(at, |w| w.min(at)));
             }
@@ -682,6 +722,10 @@ impl Replica {
                             Err(_) => break,
                         }
                     }
+                    if let Err(e) = self.wake(batch[0].kind()) {
+                        error!("could not read this folder's state back from its store: {e:#}; stopping it");
+                        break;
+                    }
                     self.preload(&batch);
                     for ev in batch {
                         self.handle(ev);
@@ -690,6 +734,11 @@ impl Replica {
                     self.trim_at = Some(Instant::now() + QUIET_BEFORE_TRIM);
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                    // A resting replica wakes for anything but its presence check and trim.
+                    if self.rest.is_resting() && !self.only_rest_timers_due() && let Err(e) = self.wake("a timer") {
+                        error!("could not read this folder's state back from its store: {e:#}; stopping it");
+                        break;
+                    }
                     self.poll_guards();
                     if self.pending.as_ref().is_some_and(|(_, quiet, _)| *quiet <= Instant::now()) {
                         self.scan_pending();
@@ -705,19 +754,25 @@ impl Replica {
                     }
                 }
             }
-            // After the events: a join waiting for admission is answered between chunks.
-            self.import_more();
-            self.flush();
+            if !self.rest.is_resting() {
+                // After the events: a join waiting for admission is answered between chunks.
+                self.import_more();
+                self.flush();
+                self.rest_if_quiet();
+            }
             if self.trim_at.is_some_and(|at| at <= Instant::now()) {
                 self.trim_at = None;
                 crate::memory::return_free_memory();
             }
         }
         // Last look at the disk, so an edit made just before shutdown is not left for later.
-        if self.pending.is_some() {
-            self.scan_pending();
+        // (A resting replica has nothing in flight: see `rest.rs`.)
+        if !self.rest.is_resting() {
+            if self.pending.is_some() {
+                self.scan_pending();
+            }
+            self.flush();
         }
-        self.flush();
         for link in self.peers.values() {
             link.conn.close(0u32.into(), b"shutting down");
         }
@@ -1536,13 +1591,8 @@ impl Replica {
             }
             LocalOp::CreateDir { id, path, stat } => {
                 let parent = self.parent_id(&path);
-                self.folder.create_entry(
-                    id,
-                    parent,
-                    name_of(&path),
-                    EntryKind::Dir,
-                    &self.stamp_at(ns_to_ms(stat.mtime_ns)),
-                )?;
+                let stamp = self.stamp_at(ns_to_ms(stat.mtime_ns));
+                self.folder.create_entry(id, parent, name_of(&path), EntryKind::Dir, &stamp)?;
                 self.dirty.insert(self.id.folder);
                 let entry = IndexEntry::dir(id, stat);
                 self.set_index(path, entry);
@@ -1555,13 +1605,8 @@ impl Replica {
                 let heads = hashes(&file.heads());
                 self.files.insert(id, file);
                 let parent = self.parent_id(&path);
-                self.folder.create_entry(
-                    id,
-                    parent,
-                    name_of(&path),
-                    EntryKind::File,
-                    &self.stamp_at(ns_to_ms(stat.mtime_ns)),
-                )?;
+                let stamp = self.stamp_at(ns_to_ms(stat.mtime_ns));
+                self.folder.create_entry(id, parent, name_of(&path), EntryKind::File, &stamp)?;
                 self.record_exec(id, None, stat)?;
                 self.dirty.extend([id, self.id.folder]);
                 let entry = IndexEntry::file(id, stat, hash, heads);
@@ -1577,7 +1622,8 @@ impl Replica {
                 self.index_touched.extend(old_keys.into_iter().chain(new_keys));
                 // If a peer deleted it meanwhile, the new location is one the deletion had not
                 // seen: a rename-vs-delete race, which the folder's strategy settles.
-                self.folder.move_entry(id, self.parent_id(&to), name_of(&to), &self.stamp_at(at_ms))?;
+                let (parent, stamp) = (self.parent_id(&to), self.stamp_at(at_ms));
+                self.folder.move_entry(id, parent, name_of(&to), &stamp)?;
                 self.dirty.insert(self.id.folder);
             }
             LocalOp::Edit { id, path, content, stat, hash } => {
@@ -1626,7 +1672,8 @@ impl Replica {
             LocalOp::Delete { id, path, at_ms } => {
                 // The deletion names the version it saw: an edit it had not seen beats it.
                 let seen = self.seen_on_disk(id, self.index.get(&path).cloned());
-                self.folder.delete_entry(id, &self.stamp_at(at_ms), seen)?;
+                let stamp = self.stamp_at(at_ms);
+                self.folder.delete_entry(id, &stamp, seen)?;
                 self.dirty.insert(self.id.folder);
                 self.index.remove(&path);
                 self.index_touched.insert(path);
@@ -1893,7 +1940,8 @@ impl Replica {
         let mut wrote = false;
         for dup in dups {
             let seen = self.seen_content(dup);
-            if self.folder.delete_entry(dup, &self.stamp(), seen).is_ok() {
+            let stamp = self.stamp();
+            if self.folder.delete_entry(dup, &stamp, seen).is_ok() {
                 wrote = true;
             }
         }
@@ -1950,7 +1998,7 @@ impl Replica {
         batch.signatures = signatures.iter().map(|(h, s)| (*h, s.to_bytes())).collect();
         let rows = std::mem::take(&mut self.index_touched);
         batch.index = rows.iter().map(|p| (p.clone(), self.index.get(p).cloned())).collect();
-        self.settled.rows_changed.extend(rows.iter().cloned());
+        self.settled.rows_persisted(&rows);
         if let Err(e) = self.store.commit(batch) {
             // Keep them dirty: they are retried at the next flush and not sent before.
             warn!("could not persist changes: {e:#}");
@@ -1977,7 +2025,7 @@ impl Replica {
             return;
         }
         let touched = std::mem::take(&mut self.index_touched);
-        self.settled.rows_changed.extend(touched.iter().cloned());
+        self.settled.rows_persisted(&touched);
         let rows = touched.iter().cloned().map(|p| {
             let e = self.index.get(&p).cloned();
             (p, e)

@@ -25,10 +25,27 @@ pub(super) struct Settled {
     unsettled: BTreeSet<String>,
     /// Index rows persisted since the last pass (rows still to persist are in
     /// `Replica::index_touched`).
-    pub(super) rows_changed: BTreeSet<String>,
+    rows_changed: BTreeSet<String>,
 }
 
+/// A pass limited to more rows than this is not worth remembering them: a peer that only
+/// scans (a sharer importing 100,000 files, which no remote change makes write) would
+/// hold every path here, and a whole pass costs less than that memory.
+const MAX_ROWS_CHANGED: usize = 4096;
+
 impl Settled {
+    /// Index rows were persisted: the next pass looks at them. Not kept without a basis
+    /// (the next pass is a whole one anyway), nor past [`MAX_ROWS_CHANGED`].
+    pub(super) fn rows_persisted<'a>(&mut self, rows: impl IntoIterator<Item = &'a String>) {
+        if self.basis.is_none() {
+            return;
+        }
+        self.rows_changed.extend(rows.into_iter().cloned());
+        if self.rows_changed.len() > MAX_ROWS_CHANGED {
+            *self = Settled::default();
+        }
+    }
+
     /// The paths the next pass must look at, or `None` for a whole pass.
     pub(super) fn scope(
         &self,
@@ -139,7 +156,7 @@ mod tests {
         let scope = s.scope((1, 0, &held), &t, &i, &changed, &BTreeSet::new()).expect("a limited pass");
         assert_eq!(scope, BTreeSet::from(["b.txt".to_string(), "c.txt".to_string()]));
         // A row persisted since (a scan saw a.txt change) is looked at too.
-        s.rows_changed.insert("a.txt".into());
+        s.rows_persisted(&["a.txt".to_string()]);
         let scope = s.scope((1, 0, &held), &t, &i, &HashSet::new(), &BTreeSet::new()).unwrap();
         assert_eq!(scope, BTreeSet::from(["a.txt".to_string(), "b.txt".to_string()]));
         // Once b.txt is written, it is settled.
@@ -183,6 +200,19 @@ mod tests {
         let mut s = Settled::default();
         s.after_pass((1, 0, &held), &t, &i, NOTHING_SKIPPED, None);
         assert!(s.scope((1, 0, &held), &t, &i, &HashSet::new(), &BTreeSet::new()).is_none());
+    }
+
+    #[test]
+    fn rows_are_remembered_only_with_a_basis_and_not_without_bound() {
+        let held = BTreeSet::new();
+        let mut s = Settled::default();
+        s.rows_persisted(&["a.txt".to_string()]);
+        assert!(s.rows_changed.is_empty(), "no basis: the next pass is whole anyway");
+        let (mut s, t, i) = settled_with_b_unwritten(&held);
+        let many: Vec<String> = (0..=MAX_ROWS_CHANGED).map(|n| format!("f{n}.txt")).collect();
+        s.rows_persisted(&many);
+        assert!(s.rows_changed.is_empty());
+        assert!(s.scope((1, 0, &held), &t, &i, &HashSet::new(), &BTreeSet::new()).is_none(), "a whole pass");
     }
 
     #[test]

@@ -114,6 +114,8 @@ impl Replica {
             "files": self.index.values().filter(|e| e.kind == EntryKind::File).count(),
             // Text documents held in memory now (the others are read from the store when used).
             "documents_in_memory": self.files.len(),
+            // Times the replica dropped the folder's state from memory when quiet (rest.rs).
+            "rests": self.rest.count,
             "peers": peers,
             "incoming": fetching.iter().map(|(hash, have, size)| json!({
                 "blob": blob::hex(hash), "bytes": have, "size": size,
