@@ -14,6 +14,7 @@
 //! before anything that could touch them; only the folder's presence check and the
 //! memory trim run while it rests.
 
+use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
@@ -164,8 +165,23 @@ impl Replica {
         // What was dropped goes back to the system now; what sessions and the network stack
         // still hold (data sent and not acknowledged yet) at one more trim, a while later.
         crate::memory::return_free_memory();
+        self.compact_known_heads();
         self.trim_at = Some(Instant::now() + TRIM_AGAIN_AFTER);
         debug!(folder_heads = heads.len(), "resting: folder state dropped from memory until the next event");
+    }
+
+    /// Copies what each peer is known to have into fresh allocations, then trims again.
+    /// Those are one small allocation per document, made while the share or the join ran
+    /// and scattered over the heap between its buffers: after the trim above, each still
+    /// pinned a page that is otherwise free (at 100k files, hundreds of MB of RSS with
+    /// 40 MB in use). Copied now, they are carved next to each other out of the space the
+    /// rest freed, and the pages they pinned go back to the system.
+    fn compact_known_heads(&mut self) {
+        for link in self.peers.values_mut() {
+            let fresh: HashMap<_, _> = link.known.iter().map(|(doc, heads)| (*doc, heads.clone())).collect();
+            link.known = fresh;
+        }
+        crate::memory::return_free_memory();
     }
 
     /// Reads back what [`Replica::rest_if_quiet`] dropped: the folder document, the index and
