@@ -958,7 +958,7 @@ def main():
         return
     table = report(res, args)
     (out / "table.md").write_text(table)
-    if plot(res, out / f"latency-{args.tier}.png"):
+    if not args.only_100k and plot(res, out / f"latency-{args.tier}.png"):
         log("plot:", out / f"latency-{args.tier}.png")
     print(table)
 
