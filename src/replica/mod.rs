@@ -38,7 +38,7 @@ use teatime_crdt::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 mod admission;
 mod authorship;
@@ -722,8 +722,7 @@ impl Replica {
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = self.wake(batch[0].kind()) {
-                        error!("could not read this folder's state back from its store: {e:#}; stopping it");
+                    if !self.wake(batch[0].kind()) {
                         break;
                     }
                     self.preload(&batch);
@@ -735,8 +734,7 @@ impl Replica {
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
                     // A resting replica wakes for anything but its presence check and trim.
-                    if self.rest.is_resting() && !self.only_rest_timers_due() && let Err(e) = self.wake("a timer") {
-                        error!("could not read this folder's state back from its store: {e:#}; stopping it");
+                    if self.rest.is_resting() && !self.only_rest_timers_due() && !self.wake("a timer") {
                         break;
                     }
                     self.poll_guards();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use automerge::ChangeHash;
 use teatime_crdt::FolderDoc;
-use tracing::debug;
+use tracing::{debug, error};
 
 use super::Replica;
 
@@ -108,12 +108,8 @@ impl Replica {
             && self.dirty.is_empty()
             && self.remote_changed.is_empty()
             && self.index_touched.is_empty()
-            && self.pending.is_none()
-            && self.import_rest.is_empty()
             && self.retry.is_empty()
-            && self.retry_at.is_none()
-            && self.fetches.is_empty()
-            && !self.has_backlog()
+            && self.only_rest_timers_due()
             && self.waiting.is_empty()
             && self.parked.is_empty()
             && self.received_whole.is_empty()
@@ -121,9 +117,7 @@ impl Replica {
             && self.join_requests.is_empty()
             // Frames still queued for a session: their buffers would be freed after the trim.
             && self.peers.values().all(|l| l.outbox.capacity() == l.outbox.max_capacity())
-            && self.locks.next_wake().is_none()
             && self.guards.all_clear()
-            && self.guards.poll_at.is_none()
             // Changes waiting for their dependencies live only in the document.
             && self.folder.doc_mut().get_missing_deps(&[]).is_empty()
     }
@@ -184,9 +178,21 @@ impl Replica {
         crate::memory::return_free_memory();
     }
 
+    /// Wakes the replica if it rests (see [`Replica::read_back`]); false if that failed,
+    /// and the folder must stop: it cannot be handled without its state.
+    pub(super) fn wake(&mut self, why: &str) -> bool {
+        match self.read_back(why) {
+            Ok(()) => true,
+            Err(e) => {
+                error!("could not read this folder's state back from its store: {e:#}; stopping it");
+                false
+            }
+        }
+    }
+
     /// Reads back what [`Replica::rest_if_quiet`] dropped: the folder document, the index and
     /// every document's heads, as at startup.
-    pub(super) fn wake(&mut self, why: &str) -> Result<()> {
+    fn read_back(&mut self, why: &str) -> Result<()> {
         self.rest.busy();
         if !self.rest.resting {
             return Ok(());
