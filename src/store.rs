@@ -35,7 +35,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use teatime_crdt::{DocId, EntryKind};
+use teatime_crdt::creation::Creation;
+use teatime_crdt::{DocId, EntryKind, FileDoc};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
 const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_v1");
@@ -186,6 +187,21 @@ impl StoredDoc {
             doc.load_incremental(&self.changes.concat())?;
         }
         Ok(doc)
+    }
+
+    /// A text file's document, written by `actor` from now on. One that holds only its
+    /// first change is not built into Automerge (see [`Creation`]); one with later changes
+    /// is built from it, which is faster than Automerge reading the change.
+    pub fn load_file(&self, actor: automerge::ActorId) -> Result<FileDoc> {
+        let Some(creation) = Creation::parse(&self.snapshot) else {
+            return Ok(FileDoc::from_doc(self.load(actor)?));
+        };
+        if self.changes.is_empty() {
+            return Ok(FileDoc::from_creation(creation, actor));
+        }
+        let mut doc = creation.to_doc(actor)?;
+        doc.load_incremental(&self.changes.concat())?;
+        Ok(FileDoc::from_doc(doc))
     }
 }
 

@@ -4,6 +4,11 @@
 //! ([`FileDoc::create`]). Every other replica starts from an empty document and receives
 //! that object by sync: two replicas that each created their own Text would each hold a
 //! different object under the same key, and one side's text would be hidden.
+//!
+//! A document that holds only that first change (a file nobody has edited since it was
+//! shared: most of a folder) is kept as the change itself ([`Creation`]), written and read
+//! without Automerge; it becomes an Automerge document the first time something needs one
+//! (an edit, a peer's edit, history).
 
 use std::time::Instant;
 
@@ -11,46 +16,99 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc};
 
 use crate::ModelError;
+use crate::creation::{Creation, TEXT_KEY};
 use crate::text::diff_splices;
-
-const TEXT_KEY: &str = "text";
 
 /// A text file's document.
 #[derive(Debug)]
 pub struct FileDoc {
-    doc: AutoCommit,
+    repr: Repr,
     /// The text at the heads it was read or written at: reading a large Text out of
     /// Automerge costs far more than a one-line edit to it (a 10 MB file is read once,
     /// not at every edit, write and comparison).
     text_cache: Option<(Vec<ChangeHash>, String)>,
 }
 
+#[derive(Debug)]
+enum Repr {
+    /// Only the first change, not built into Automerge yet; `local` is the actor this
+    /// replica will write with once it is.
+    Created { creation: Creation, local: ActorId },
+    /// An Automerge document (boxed: it is far larger than a `Created`).
+    Loaded(Box<AutoCommit>),
+}
+
 impl FileDoc {
     /// A new file document holding `content`, written by `actor` at `at_ms` (ms since the
     /// epoch: the change's time, for history).
     pub fn create(actor: ActorId, content: &str, at_ms: i64) -> Result<Self, ModelError> {
-        let mut doc = AutoCommit::new().with_actor(actor);
-        let text = doc.put_object(ROOT, TEXT_KEY, ObjType::Text)?;
-        if !content.is_empty() {
-            doc.splice_text(&text, 0, 0, content)?;
-        }
-        doc.commit_with(CommitOptions::default().with_time(at_ms));
-        let text_cache = Some((doc.get_heads(), content.to_string()));
-        Ok(FileDoc { doc, text_cache })
+        let creation = Creation::new(actor.clone(), content.to_string(), at_ms);
+        Ok(Self::from_creation(creation, actor))
+    }
+
+    /// A document holding only its first change, which this replica (writing as `local`)
+    /// received or read back.
+    pub fn from_creation(creation: Creation, local: ActorId) -> Self {
+        FileDoc { repr: Repr::Created { creation, local }, text_cache: None }
     }
 
     /// Wraps an existing document (loaded from storage, or empty and waiting for sync).
     pub fn from_doc(doc: AutoCommit) -> Self {
-        FileDoc { doc, text_cache: None }
+        FileDoc { repr: Repr::Loaded(Box::new(doc)), text_cache: None }
     }
 
-    /// The underlying Automerge document, for sync and storage.
+    /// The first change, while the document holds nothing else and is not built into
+    /// Automerge: what to store and send instead of a `save()`.
+    pub fn creation(&self) -> Option<&Creation> {
+        match &self.repr {
+            Repr::Created { creation, .. } => Some(creation),
+            Repr::Loaded(_) => None,
+        }
+    }
+
+    /// The underlying Automerge document, for sync and storage (built now from the first
+    /// change if it was not yet).
     pub fn doc_mut(&mut self) -> &mut AutoCommit {
-        &mut self.doc
+        self.doc()
     }
 
-    fn text_obj(&self) -> Option<ObjId> {
-        match self.doc.get(ROOT, TEXT_KEY) {
+    fn doc(&mut self) -> &mut AutoCommit {
+        if let Repr::Created { creation, local } = &self.repr {
+            // The bytes were written or checked by `Creation`, which only accepts
+            // Automerge's own encoding: Automerge reads them.
+            let doc = creation.to_doc(local.clone()).expect("a canonical first change builds");
+            let Repr::Created { creation, .. } =
+                std::mem::replace(&mut self.repr, Repr::Loaded(Box::new(doc)))
+            else {
+                unreachable!()
+            };
+            self.text_cache = Some((vec![creation.hash], creation.text));
+        }
+        match &mut self.repr {
+            Repr::Loaded(doc) => doc,
+            Repr::Created { .. } => unreachable!("built above"),
+        }
+    }
+
+    /// Whether changes wait in the document for dependencies that have not arrived.
+    pub fn has_waiting_changes(&mut self) -> bool {
+        match &mut self.repr {
+            Repr::Created { .. } => false,
+            Repr::Loaded(doc) => !doc.get_missing_deps(&[]).is_empty(),
+        }
+    }
+
+    /// The document as bytes for storage or for a peer that lacks it: the first change
+    /// itself while it is all the document holds, else a `save()`.
+    pub fn save(&mut self) -> Vec<u8> {
+        match &mut self.repr {
+            Repr::Created { creation, .. } => creation.bytes.clone(),
+            Repr::Loaded(doc) => doc.save(),
+        }
+    }
+
+    fn text_obj(&mut self) -> Option<ObjId> {
+        match self.doc().get(ROOT, TEXT_KEY) {
             Ok(Some((automerge::Value::Object(ObjType::Text), id))) => Some(id),
             _ => None,
         }
@@ -58,50 +116,66 @@ impl FileDoc {
 
     /// Whether the Text object has arrived (a replica that only heard of the file has
     /// an empty document until the creator's first change reaches it).
-    pub fn is_ready(&self) -> bool {
-        self.text_obj().is_some()
+    pub fn is_ready(&mut self) -> bool {
+        self.creation().is_some() || self.text_obj().is_some()
     }
 
     /// The file's content, or `None` while the document is not ready.
     pub fn text(&mut self) -> Option<String> {
-        let heads = self.doc.get_heads();
+        if let Some(c) = self.creation() {
+            return Some(c.text.clone());
+        }
+        let heads = self.doc().get_heads();
         if let Some((at, text)) = &self.text_cache
             && *at == heads
         {
             return Some(text.clone());
         }
         let obj = self.text_obj()?;
-        let text = self.doc.text(&obj).ok()?;
+        let text = self.doc().text(&obj).ok()?;
         self.text_cache = Some((heads, text.clone()));
         Some(text)
     }
 
     /// The content as it was at `heads`, or `None` when those changes are not all here.
     pub fn text_at(&mut self, heads: &[ChangeHash]) -> Option<String> {
-        if !self.doc.get_missing_deps(heads).is_empty() {
+        if let Some(c) = self.creation()
+            && heads == [c.hash]
+        {
+            return Some(c.text.clone());
+        }
+        if !self.doc().get_missing_deps(heads).is_empty() {
             return None;
         }
         let obj = self.text_obj()?;
-        self.doc.text_at(&obj, heads).ok()
+        self.doc().text_at(&obj, heads).ok()
     }
 
     /// The document's current heads.
     pub fn heads(&mut self) -> Vec<ChangeHash> {
-        self.doc.get_heads()
+        match &mut self.repr {
+            Repr::Created { creation, .. } => vec![creation.hash],
+            Repr::Loaded(doc) => doc.get_heads(),
+        }
     }
 
     /// Whether the document holds changes not covered by `seen` (an edit made without
     /// knowing that version). `false` while `seen` names changes not here yet: this
     /// replica cannot tell, and the answer settles once they arrive.
     pub fn edited_since(&mut self, seen: &[ChangeHash]) -> bool {
-        let heads = self.doc.get_heads();
+        if self.creation().is_some() {
+            // Its one change is covered by `seen` if named there; an empty `seen` covers
+            // nothing; other hashes are changes not here yet.
+            return seen.is_empty();
+        }
+        let heads = self.doc().get_heads();
         if heads.as_slice() == seen {
             return false;
         }
-        if !self.doc.get_missing_deps(seen).is_empty() {
+        if !self.doc().get_missing_deps(seen).is_empty() {
             return false;
         }
-        !self.doc.get_changes(seen).is_empty()
+        !self.doc().get_changes(seen).is_empty()
     }
 
     /// Records `content` as an edit made to the version at `base` (the heads of the
@@ -116,30 +190,30 @@ impl FileDoc {
         deadline: Instant,
         at_ms: i64,
     ) -> Result<bool, ModelError> {
-        let current = self.doc.get_heads();
+        let current = self.doc().get_heads();
         // A change-graph lookup (get_change_by_hash would rebuild each change, O(document));
         // exact only while nothing is queued, since queued changes count as present.
         let base_known = !base.is_empty()
-            && if self.doc.get_missing_deps(&[]).is_empty() {
-                self.doc.get_missing_deps(base).is_empty()
+            && if self.doc().get_missing_deps(&[]).is_empty() {
+                self.doc().get_missing_deps(base).is_empty()
             } else {
-                base.iter().all(|h| self.doc.get_change_by_hash(h).is_some())
+                base.iter().all(|h| self.doc().get_change_by_hash(h).is_some())
             };
         if base == current.as_slice() || !base_known {
             return self.ingest(content, deadline, at_ms);
         }
         let base = self.with_own_changes(base);
-        if self.doc.get_changes_meta(&base).is_empty() {
+        if self.doc().get_changes_meta(&base).is_empty() {
             return self.ingest(content, deadline, at_ms);
         }
-        self.doc.isolate(&base);
+        self.doc().isolate(&base);
         // Isolated, the document shows the text at `base`, while its heads stay the
         // latest: the cache (keyed by heads) must not be used.
         let result = self.text_obj().ok_or(ModelError::Missing("text")).and_then(|obj| {
-            let old = self.doc.text(&obj)?;
+            let old = self.doc().text(&obj)?;
             self.splice_to(&obj, &old, content, deadline, at_ms)
         });
-        self.doc.integrate();
+        self.doc().integrate();
         result
     }
 
@@ -152,9 +226,9 @@ impl FileDoc {
     /// derived actor (its "concurrency" actor: magic bytes, a level, then the actor),
     /// which is no member's actor: peers would refuse it as forged.
     fn with_own_changes(&mut self, base: &[ChangeHash]) -> Vec<ChangeHash> {
-        let me = self.doc.get_actor().clone();
+        let me = self.doc().get_actor().clone();
         let own = self
-            .doc
+            .doc()
             .get_changes_meta(base)
             .into_iter()
             .filter(|m| *m.actor == me)
@@ -172,7 +246,7 @@ impl FileDoc {
         let obj = self.text_obj().ok_or(ModelError::Missing("text"))?;
         let changed = self.splice_to(&obj, &old, content, deadline, at_ms)?;
         if changed {
-            self.text_cache = Some((self.doc.get_heads(), content.to_string()));
+            self.text_cache = Some((self.doc().get_heads(), content.to_string()));
         }
         Ok(changed)
     }
@@ -191,9 +265,9 @@ impl FileDoc {
             return Ok(false);
         }
         for s in splices.iter().rev() {
-            self.doc.splice_text(obj, s.pos, s.delete as isize, &s.insert)?;
+            self.doc().splice_text(obj, s.pos, s.delete as isize, &s.insert)?;
         }
-        self.doc.commit_with(CommitOptions::default().with_time(at_ms));
+        self.doc().commit_with(CommitOptions::default().with_time(at_ms));
         Ok(true)
     }
 }

@@ -23,6 +23,7 @@
 
 use automerge::Change;
 use iroh::{PublicKey, Signature};
+use teatime_crdt::creation::Creation;
 
 use super::*;
 
@@ -33,6 +34,7 @@ const DOMAIN: &[u8] = b"teatime/change/v1";
 const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 const CHUNK_DOCUMENT: u8 = 0;
 const CHUNK_CHANGE: u8 = 1;
+const CHUNK_COMPRESSED_CHANGE: u8 = 2;
 
 pub use crate::net::wire::Signed;
 
@@ -83,6 +85,9 @@ pub enum Apply {
     /// A whole document (`save()`), already loaded (and merged with ours): it replaces
     /// ours, so nothing is decoded twice.
     Replace(Box<AutoCommit>),
+    /// A text document's first change, for a document we lack: it becomes the document,
+    /// not built into Automerge ([`FileDoc::from_creation`]).
+    Created(Box<Creation>),
 }
 
 fn message(folder: DocId, hash: &[u8; 32]) -> Vec<u8> {
@@ -178,6 +183,17 @@ impl Replica {
         let me = *self.me.as_bytes();
         let mine =
             move |actor: &automerge::ActorId| teatime_crdt::ids::member_bytes_of_actor(actor) == Some(me);
+        if doc != self.id.folder
+            && let Some(first) = self.files.get_or_new(&self.store, doc).creation()
+        {
+            // The document holds only its first change, which `base` (heads we have) covers
+            // unless empty: the change itself is the whole document.
+            if !base.is_empty() {
+                return None;
+            }
+            let (data, meta) = (first.bytes.clone(), (first.hash, mine(&first.actor)));
+            return Some((data, self.signatures_for(std::iter::once(meta))));
+        }
         let d = self.doc_mut(doc);
         if base.is_empty() {
             // A whole document: its save() is far smaller than its changes, and the
@@ -208,6 +224,24 @@ impl Replica {
     /// Parses a peer's payload for `doc` into the changes it would add.
     pub(super) fn incoming(&mut self, doc: DocId, data: &[u8]) -> Result<Incoming, String> {
         let chunks = chunks(data)?;
+        if let [(CHUNK_CHANGE | CHUNK_COMPRESSED_CHANGE, bytes)] = chunks.as_slice()
+            && doc != self.id.folder
+            && let Some(first) = Creation::parse(bytes)
+        {
+            // A text document's first change, read without Automerge (most of a join).
+            let heads = self.current_heads(doc);
+            if heads.contains(&first.hash) {
+                return Ok(Incoming { infos: Vec::new(), apply: Apply::Changes(Vec::new()) });
+            }
+            if heads.is_empty() {
+                let infos = vec![ChangeInfo {
+                    hash: first.hash.0,
+                    actor: first.actor.clone(),
+                    timestamp: first.at_ms,
+                }];
+                return Ok(Incoming { infos, apply: Apply::Created(Box::new(first)) });
+            }
+        }
         if chunks.iter().all(|(kind, _)| *kind == CHUNK_CHANGE) {
             let changes = chunks
                 .into_iter()
@@ -316,6 +350,9 @@ impl Replica {
                 let mut after = self.folder.doc_mut().fork();
                 after.apply_changes(changes.iter().cloned()).map_err(|e| Refusal::Forged(e.to_string()))?;
                 after
+            }
+            Apply::Created(_) => {
+                return Err(Refusal::Forged("a text file's change to the folder document".into()));
             }
         });
         // Roles come from the folder as it was: nobody vouches for itself. An author not

@@ -46,16 +46,17 @@ impl FileDocs {
             return None;
         }
         if !self.loaded.contains_key(&id) {
-            let doc = match store.load_doc(id).and_then(|d| d.map(|d| d.load(self.actor.clone())).transpose())
-            {
-                Ok(Some(doc)) => doc,
-                Ok(None) => return None,
-                Err(e) => {
-                    warn!(doc = %id.short(), "a stored document does not load: {e:#}");
-                    return None;
-                }
-            };
-            self.loaded.insert(id, (FileDoc::from_doc(doc), Instant::now()));
+            let doc =
+                match store.load_doc(id).and_then(|d| d.map(|d| d.load_file(self.actor.clone())).transpose())
+                {
+                    Ok(Some(doc)) => doc,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        warn!(doc = %id.short(), "a stored document does not load: {e:#}");
+                        return None;
+                    }
+                };
+            self.loaded.insert(id, (doc, Instant::now()));
         }
         let (doc, used) = self.loaded.get_mut(&id)?;
         *used = Instant::now();
@@ -115,8 +116,7 @@ impl FileDocs {
             .iter_mut()
             // Changes waiting for their dependencies live only in memory: kept.
             .filter_map(|(id, (doc, used))| {
-                let clean = saved.get(id).is_some_and(|s| *s == doc.heads())
-                    && doc.doc_mut().get_missing_deps(&[]).is_empty();
+                let clean = saved.get(id).is_some_and(|s| *s == doc.heads()) && !doc.has_waiting_changes();
                 clean.then_some((*used, *id))
             })
             .collect();

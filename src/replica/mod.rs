@@ -1024,6 +1024,24 @@ impl Replica {
         }
     }
 
+    /// `id`'s heads (a text document holding only its first change is not built for it).
+    fn current_heads(&mut self, id: DocId) -> Vec<ChangeHash> {
+        if id == self.id.folder {
+            self.folder.doc_mut().get_heads()
+        } else {
+            self.files.get_or_new(&self.store, id).heads()
+        }
+    }
+
+    /// `id` whole, for the store or a peer that lacks it (see [`FileDoc::save`]).
+    fn save_doc(&mut self, id: DocId) -> Vec<u8> {
+        if id == self.id.folder {
+            self.folder.doc_mut().save()
+        } else {
+            self.files.get_or_new(&self.store, id).save()
+        }
+    }
+
     fn doc_mut(&mut self, id: DocId) -> &mut AutoCommit {
         if id == self.id.folder {
             self.folder.doc_mut()
@@ -1141,6 +1159,7 @@ impl Replica {
         };
         // Changes whose dependencies have not arrived wait in memory: bounded per peer.
         let waiting = match &mut incoming.apply {
+            Apply::Changes(changes) if changes.is_empty() => false,
             Apply::Changes(changes) => {
                 let batch: HashSet<ChangeHash> = changes.iter().map(|c| c.hash()).collect();
                 let deps: Vec<ChangeHash> = changes
@@ -1152,25 +1171,36 @@ impl Replica {
                 !d.get_missing_deps(&deps).is_empty() || !d.get_missing_deps(&[]).is_empty()
             }
             Apply::Replace(whole) => !whole.get_missing_deps(&[]).is_empty(),
+            Apply::Created(_) => false,
         };
         if let Err(why) = self.waiting.admit(peer, doc, &payload, data.len(), waiting, &self.tuning.intake) {
             return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
         }
         self.unsaved_signatures.extend(kept);
         let pre_text = self.files.get(&self.store, doc).and_then(|f| f.text());
-        let d = self.doc_mut(doc);
-        let before = d.get_heads();
-        let applied = intake::decode_isolated(|| match incoming.apply {
-            Apply::Changes(changes) => d.apply_changes(changes).map_err(|e| e.to_string()),
-            Apply::Replace(whole) => {
-                *d = *whole;
-                Ok(())
+        let before = self.current_heads(doc);
+        let applied = match incoming.apply {
+            Apply::Created(first) => {
+                self.files.insert(doc, FileDoc::from_creation(*first, self.id.actor.clone()));
+                Ok(Ok(()))
             }
-        });
+            Apply::Changes(changes) if changes.is_empty() => Ok(Ok(())),
+            apply => {
+                let d = self.doc_mut(doc);
+                intake::decode_isolated(|| match apply {
+                    Apply::Changes(changes) => d.apply_changes(changes).map_err(|e| e.to_string()),
+                    Apply::Replace(whole) => {
+                        *d = *whole;
+                        Ok(())
+                    }
+                    Apply::Created(_) => unreachable!("handled above"),
+                })
+            }
+        };
         if let Ok(Err(why)) | Err(why) = applied {
             return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
         }
-        let after = self.doc_mut(doc).get_heads();
+        let after = self.current_heads(doc);
         if before.is_empty() && !after.is_empty() {
             self.received_whole.insert(doc, (after.clone(), data));
         }
@@ -1268,21 +1298,28 @@ impl Replica {
         if known.is_some() && known == self.heads_of(doc) {
             return;
         }
-        let d = self.doc_mut(doc);
-        let heads = d.get_heads();
+        let heads = self.current_heads(doc);
         if known.as_ref() == Some(&heads) {
             return;
         }
         // Only heads we have can bound what to send; unknown ones are theirs to send us.
+        let only_created =
+            doc != self.id.folder && self.files.get_or_new(&self.store, doc).creation().is_some();
         let base: Vec<ChangeHash> = match known {
-            Some(k) if d.get_missing_deps(&[]).is_empty() => {
-                // Nothing queued: a change-graph lookup says exactly which we have
-                // (get_change_by_hash would rebuild each change, O(document)).
-                let missing = d.get_missing_deps(&k);
-                k.into_iter().filter(|h| !missing.contains(h)).collect()
-            }
-            Some(k) => k.into_iter().filter(|h| d.get_change_by_hash(h).is_some()).collect(),
             None => Vec::new(),
+            // A document holding only its first change: the peer has it or has nothing.
+            Some(k) if only_created => k.into_iter().filter(|h| heads.contains(h)).collect(),
+            Some(k) => {
+                let d = self.doc_mut(doc);
+                if d.get_missing_deps(&[]).is_empty() {
+                    // Nothing queued: a change-graph lookup says exactly which we have
+                    // (get_change_by_hash would rebuild each change, O(document)).
+                    let missing = d.get_missing_deps(&k);
+                    k.into_iter().filter(|h| !missing.contains(h)).collect()
+                } else {
+                    k.into_iter().filter(|h| d.get_change_by_hash(h).is_some()).collect()
+                }
+            }
         };
         let outgoing = self.outgoing(doc, &base);
         if let Some(link) = self.peers.get_mut(&peer) {
@@ -1970,18 +2007,19 @@ impl Replica {
             self.tree.file_changed(*doc);
             let received = self.received_whole.remove(doc);
             let new_doc = prev.is_none() && received.is_none();
-            let d = self.doc_mut(*doc);
-            let heads = d.get_heads();
+            let heads = self.current_heads(*doc);
             if prev.as_ref() == Some(&heads) {
                 continue;
             }
             match (prev, received) {
-                (Some(prev), _) if !snapshot => batch.changes.push((*doc, d.save_after(&prev))),
+                (Some(prev), _) if !snapshot => {
+                    batch.changes.push((*doc, self.doc_mut(*doc).save_after(&prev)))
+                }
                 // A document that arrived whole and has not changed since: its bytes are
                 // already a save, no need to encode it again (most of a join's CPU).
                 (_, Some((at, bytes))) if at == heads => batch.snapshots.push((*doc, bytes)),
                 _ => {
-                    let bytes = d.save();
+                    let bytes = self.save_doc(*doc);
                     if new_doc {
                         // Our new document: peers get it whole, from these bytes.
                         self.fresh_saves.insert(*doc, (heads.clone(), bytes.clone()));
