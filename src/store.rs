@@ -614,6 +614,32 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_first_change_loads_as_it_is_and_with_later_changes_as_a_document() {
+        use std::time::{Duration, Instant};
+        let actor = automerge::ActorId::from([1; 16]);
+        let me = automerge::ActorId::from([2; 16]);
+        let mut file = FileDoc::create(actor, &"line\n".repeat(200), 7).unwrap();
+        let first = file.save();
+        let created_heads = file.heads();
+        // The first change alone: read as it is, not built into Automerge.
+        let only = StoredDoc { snapshot: first.clone(), changes: vec![] };
+        let mut loaded = only.load_file(me.clone()).unwrap();
+        assert!(loaded.creation().is_some());
+        assert_eq!((loaded.heads(), loaded.text()), (created_heads.clone(), Some("line\n".repeat(200))));
+        // With an edit appended: a document holding both, written by us from now on.
+        file.ingest("line\nedited\n", Instant::now() + Duration::from_secs(5), 8).unwrap();
+        let edit = file.doc_mut().save_after(&created_heads);
+        let both = StoredDoc { snapshot: first, changes: vec![edit] };
+        let mut loaded = both.load_file(me.clone()).unwrap();
+        assert!(loaded.creation().is_none());
+        assert_eq!((loaded.heads(), loaded.text()), (file.heads(), Some("line\nedited\n".into())));
+        assert_eq!(loaded.doc_mut().get_actor(), &me);
+        // An ordinary save loads as before.
+        let saved = StoredDoc { snapshot: file.save(), changes: vec![] };
+        assert_eq!(saved.load_file(me).unwrap().text(), Some("line\nedited\n".into()));
+    }
+
+    #[test]
     fn a_write_intent_lasts_until_the_path_row_is_committed() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(&dir.path().join("state.redb")).unwrap();
