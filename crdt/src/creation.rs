@@ -174,9 +174,22 @@ fn encode(actor: &ActorId, at_ms: i64, text: &str) -> (Vec<u8>, ChangeHash) {
     column(&mut columns, ACTION, action);
     let mut meta = Rle::default();
     meta.value(0); // the make carries no value
-    let mut buf = [0u8; 4];
+    // One value per character (its UTF-8 length), pushed a run at a time: a source file
+    // is mostly one long run of one-byte characters.
+    let mut run: Option<(u64, u64)> = None;
     for c in text.chars() {
-        meta.value(((c.encode_utf8(&mut buf).len() as u64) << 4) | VALUE_TYPE_STR);
+        let value = ((c.len_utf8() as u64) << 4) | VALUE_TYPE_STR;
+        run = match run {
+            Some((v, n)) if v == value => Some((v, n + 1)),
+            Some((v, n)) => {
+                meta.values(v, n);
+                Some((value, 1))
+            }
+            None => Some((value, 1)),
+        };
+    }
+    if let Some((v, n)) = run {
+        meta.values(v, n);
     }
     column(&mut columns, VAL_META, meta);
     if !text.is_empty() {
