@@ -99,6 +99,12 @@ impl Creation {
         (again == raw).then(|| Creation { actor, at_ms, text, bytes: bytes.to_vec(), hash })
     }
 
+    /// The change as Automerge's, to apply to a document that has others.
+    pub fn to_change(&self) -> Result<automerge::Change, ModelError> {
+        let (raw, _) = encode(&self.actor, self.at_ms, &self.text);
+        automerge::Change::from_bytes(raw).map_err(|_| ModelError::Missing("a readable first change"))
+    }
+
     /// The same document as an Automerge document, for editing and merging (costs what
     /// building it through Automerge costs). Its actor is `local`, ours.
     pub fn to_doc(&self, local: ActorId) -> Result<AutoCommit, ModelError> {

@@ -25,10 +25,10 @@
 //! locations the deleter had seen, so an edit or a rename the deleter had not seen is
 //! recognised as concurrent (an edit always beats a delete; a rename races it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{
-    ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+    ActorId, AutoCommit, ChangeHash, ObjId, ObjType, PatchAction, Prop, ROOT, ReadDoc, ScalarValue, Value,
     transaction::Transactable,
 };
 
@@ -282,6 +282,15 @@ pub struct Member {
     pub tier: i64,
 }
 
+/// The map key a patch writes or deletes, if it is one.
+fn patch_key(action: &PatchAction) -> Option<&str> {
+    match action {
+        PatchAction::PutMap { key, .. } | PatchAction::DeleteMap { key } => Some(key),
+        PatchAction::Conflict { prop: Prop::Map(key) } => Some(key),
+        _ => None,
+    }
+}
+
 /// The folder document.
 #[derive(Debug)]
 pub struct FolderDoc {
@@ -383,6 +392,69 @@ impl FolderDoc {
             }
         }
         out
+    }
+
+    /// Brings `entries`, read at heads `at` (from [`Self::entries`], then kept up to date
+    /// by this), to the document's current heads, and starts tracking what changes next.
+    /// Only the entries changed since are read again when the document has tracked its
+    /// changes since `at` (Automerge's patch log: every op applied, local or a peer's,
+    /// is logged); otherwise, or when `at` is `None`, every entry is read. Reading every
+    /// entry of a 100k-file folder after each change was most of an import's work.
+    /// Returns whether only the changed entries were read.
+    pub fn refresh_entries(
+        &mut self,
+        entries: &mut BTreeMap<DocId, Entry>,
+        at: Option<&[ChangeHash]>,
+    ) -> bool {
+        let changed = at.and_then(|at| self.entries_changed_since(at));
+        let incremental = changed.is_some();
+        match changed {
+            Some(changed) => {
+                for id in changed {
+                    match self.entry(id) {
+                        Some(entry) => entries.insert(id, entry),
+                        None => entries.remove(&id),
+                    };
+                }
+                #[cfg(debug_assertions)]
+                assert_eq!(*entries, self.entries(), "entries kept up to date differ from a full read");
+            }
+            None => *entries = self.entries(),
+        }
+        self.doc.update_diff_cursor();
+        incremental
+    }
+
+    /// The ids of the entries changed since `at`, if the patch log covers exactly that.
+    fn entries_changed_since(&mut self, at: &[ChangeHash]) -> Option<BTreeSet<DocId>> {
+        if at.is_empty() || self.doc.diff_cursor() != at {
+            return None;
+        }
+        let list = self.map(ENTRIES)?;
+        let heads = self.doc.get_heads();
+        let mut changed = BTreeSet::new();
+        for patch in self.doc.diff(at, &heads) {
+            let key = if patch.obj == list {
+                // An entry added, replaced or removed.
+                patch_key(&patch.action)?.to_string()
+            } else if let Some((parent, Prop::Map(key))) = patch.path.last()
+                && *parent == list
+            {
+                // A field of an entry.
+                key.clone()
+            } else if patch.path.iter().any(|(obj, _)| *obj == list)
+                || (patch.obj == ROOT && patch_key(&patch.action) == Some(ENTRIES))
+            {
+                // Deeper inside an entry (entries hold no objects), or the list itself
+                // replaced: cannot tell which, read them all.
+                return None;
+            } else {
+                // Members, settings: read whole at each rendering.
+                continue;
+            };
+            changed.insert(key.parse::<DocId>().ok()?);
+        }
+        Some(changed)
     }
 
     /// One entry, if it exists and is well formed.
@@ -625,6 +697,55 @@ mod tests {
             seen_locs: vec!["x|y".into(), "z".into()],
         };
         assert_eq!(Deletion::decode(&d.encode()), Some(d));
+    }
+
+    /// Entries kept up to date by `refresh_entries` equal a full read after local writes,
+    /// a peer's concurrent writes merged in, and a document replaced wholesale (the
+    /// function itself asserts that in debug builds; checked here in any build).
+    #[test]
+    fn entries_refreshed_from_the_changes_equal_a_full_read() {
+        let mut a = FolderDoc::create(ActorId::from([1; 16]), "a", "alice").unwrap();
+        let mut b = FolderDoc::from_doc(
+            AutoCommit::load(&a.doc_mut().save()).unwrap().with_actor(ActorId::from([2; 16])),
+        );
+        let mut entries = BTreeMap::new();
+        let mut at: Option<Vec<ChangeHash>> = None;
+        let refresh =
+            |f: &mut FolderDoc, entries: &mut BTreeMap<DocId, Entry>, at: &mut Option<Vec<ChangeHash>>| {
+                let incremental = f.refresh_entries(entries, at.as_deref());
+                *at = Some(f.doc_mut().get_heads());
+                assert_eq!(*entries, f.entries());
+                incremental
+            };
+        assert!(!refresh(&mut a, &mut entries, &mut at), "the first read is whole");
+        for round in 0..6u8 {
+            let s = |ms| Stamp::new(ms, "x");
+            a.create_entry(id(10 + round), None, &format!("a{round}.md"), EntryKind::File, &s(round as u64))
+                .unwrap();
+            b.create_entry(id(40 + round), None, &format!("b{round}.md"), EntryKind::File, &s(round as u64))
+                .unwrap();
+            a.commit();
+            b.commit();
+            assert!(refresh(&mut a, &mut entries, &mut at), "a local write is read alone");
+            // Concurrent renames of one entry on both sides, a delete, a blob, exec.
+            a.doc_mut().merge(b.doc_mut()).unwrap();
+            b.doc_mut().merge(a.doc_mut()).unwrap();
+            a.move_entry(id(10 + round), None, &format!("by-a{round}.md"), &s(100)).unwrap();
+            b.move_entry(id(10 + round), None, &format!("by-b{round}.md"), &s(101)).unwrap();
+            b.set_exec(id(40 + round), true).unwrap();
+            if round > 0 {
+                a.delete_entry(id(40 + round - 1), &s(102), vec![]).unwrap();
+            }
+            a.commit();
+            b.commit();
+            assert!(refresh(&mut a, &mut entries, &mut at));
+            a.doc_mut().merge(b.doc_mut()).unwrap();
+            assert!(refresh(&mut a, &mut entries, &mut at), "a peer's changes are read alone");
+        }
+        // Replaced wholesale (a peer's whole document): no patch log, a full read.
+        let copy = AutoCommit::load(&b.doc_mut().save()).unwrap();
+        *a.doc_mut() = copy;
+        assert!(!refresh(&mut a, &mut entries, &mut at), "a replaced document is read whole");
     }
 
     #[test]

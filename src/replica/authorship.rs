@@ -230,17 +230,21 @@ impl Replica {
         {
             // A text document's first change, read without Automerge (most of a join).
             let heads = self.current_heads(doc);
-            if heads.contains(&first.hash) {
+            let info = ChangeInfo { hash: first.hash.0, actor: first.actor.clone(), timestamp: first.at_ms };
+            if heads.is_empty() {
+                return Ok(Incoming { infos: vec![info], apply: Apply::Created(Box::new(first)) });
+            }
+            // We have the document: usually with this change (it starts every history),
+            // then there is nothing to add; else it is applied like any change.
+            let known = heads.contains(&first.hash) || {
+                let d = self.doc_mut(doc);
+                d.get_missing_deps(&[]).is_empty() && d.get_missing_deps(&[first.hash]).is_empty()
+            };
+            if known {
                 return Ok(Incoming { infos: Vec::new(), apply: Apply::Changes(Vec::new()) });
             }
-            if heads.is_empty() {
-                let infos = vec![ChangeInfo {
-                    hash: first.hash.0,
-                    actor: first.actor.clone(),
-                    timestamp: first.at_ms,
-                }];
-                return Ok(Incoming { infos, apply: Apply::Created(Box::new(first)) });
-            }
+            let change = first.to_change().map_err(|e| format!("unreadable change: {e}"))?;
+            return Ok(Incoming { infos: vec![info], apply: Apply::Changes(vec![change]) });
         }
         if chunks.iter().all(|(kind, _)| *kind == CHUNK_CHANGE) {
             let changes = chunks

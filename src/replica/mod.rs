@@ -359,13 +359,19 @@ struct TreeCache {
     generation: u64,
     /// The entries the tree was rendered from.
     entries: BTreeMap<DocId, Entry>,
+    /// The folder's heads `entries` were read at: only what changed since is read again
+    /// ([`FolderDoc::refresh_entries`]).
+    entries_at: Option<Vec<ChangeHash>>,
 }
 
 impl TreeCache {
     fn get(&mut self, folder: &mut FolderDoc, files: &mut FileDocs, store: &Store) -> &Tree {
         let heads = folder.doc_mut().get_heads();
         if self.heads.as_ref() != Some(&heads) {
-            self.entries = folder.entries();
+            if self.entries_at.as_ref() != Some(&heads) {
+                folder.refresh_entries(&mut self.entries, self.entries_at.as_deref());
+                self.entries_at = Some(heads.clone());
+            }
             let members = folder.members();
             let view = FolderView { entries: &self.entries, strategy: folder.strategy(), members: &members };
             self.tree = render(&view, &Facts { files: RefCell::new(files), store, entries: &self.entries });
@@ -385,6 +391,7 @@ impl TreeCache {
         self.forgotten_at = self.heads.take();
         self.tree = Tree::default();
         self.entries = BTreeMap::new();
+        self.entries_at = None;
     }
 
     /// The entries the current tree is rendered from.
@@ -1307,8 +1314,15 @@ impl Replica {
             doc != self.id.folder && self.files.get_or_new(&self.store, doc).creation().is_some();
         let base: Vec<ChangeHash> = match known {
             None => Vec::new(),
-            // A document holding only its first change: the peer has it or has nothing.
-            Some(k) if only_created => k.into_iter().filter(|h| heads.contains(h)).collect(),
+            // A document holding only its first change: a peer that has any version of
+            // it has that change (every later change descends from it).
+            Some(k) if only_created => {
+                if k.is_empty() {
+                    k
+                } else {
+                    heads.clone()
+                }
+            }
             Some(k) => {
                 let d = self.doc_mut(doc);
                 if d.get_missing_deps(&[]).is_empty() {
