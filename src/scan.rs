@@ -9,7 +9,7 @@
 //! moved when they share an inode (or, failing that, identical content): a rename is a
 //! rename, never a delete plus a create, so a peer's concurrent edit follows it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -490,6 +490,7 @@ pub fn reconcile(
         }
     }
 
+    let mut outside_by_ino: Option<HashMap<u64, String>> = None;
     // New paths, parents first (BTreeMap order puts "a" before "a/b").
     for (path, d) in &disk {
         if working.get(path).is_some_and(|e| e.kind == d.kind) {
@@ -502,6 +503,20 @@ pub fn reconcile(
             gone_by_ino.remove(&d.stat.ino);
             let id = working[&old].id;
             move_in_index(&mut working, &old, path);
+            out.ops.push(LocalOp::Move { id, from: old, to: path.clone(), at_ms: ns_to_ms(d.stat.ctime_ns) });
+            continue;
+        }
+        if let Scope::Paths(_) = scope
+            && let Some(old) = moved_from_outside(root, index, &working, &mut outside_by_ino, path, d)
+        {
+            // Renamed from a path this scan does not cover (the watcher's "from" and
+            // "to" came in separate batches): still a move, never a second copy.
+            let id = index[&old].id;
+            for (k, e) in index.range(old.clone()..).take_while(|(k, _)| k.starts_with(old.as_str())) {
+                if is_within(k, &old) {
+                    working.insert(format!("{path}{}", &k[old.len()..]), e.clone());
+                }
+            }
             out.ops.push(LocalOp::Move { id, from: old, to: path.clone(), at_ms: ns_to_ms(d.stat.ctime_ns) });
             continue;
         }
@@ -605,12 +620,63 @@ pub fn reconcile(
         .filter(|(p, e)| in_scope(p, e.kind) && !on_disk_as(p, e.kind))
         .map(|(p, e)| (p.clone(), e.id))
         .collect();
+    let now_ms = ns_to_ms(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128),
+    );
     for (path, id) in gone.into_iter().rev() {
-        let at_ms =
-            root.stat(parent_of(&path)).map(|st| ns_to_ms(stat_of_raw(&st).mtime_ns)).unwrap_or(u64::MAX);
-        out.ops.push(LocalOp::Delete { id, path, at_ms });
+        let mtime_ms = |dir: &str| root.stat(dir).map(|st| ns_to_ms(stat_of_raw(&st).mtime_ns));
+        // A path that just vanished, seen by a scan of a few paths, may be the "from" half
+        // of a rename whose "to" the watcher has not reported yet: deleting it now and
+        // creating the "to" later would make two entries of one file (and both live on if a
+        // peer edited or renamed it meanwhile). Looked at again once the nearest directory
+        // still there (a moved directory's children go with it) has been quiet a while.
+        if matches!(scope, Scope::Paths(_)) {
+            let mut dir = parent_of(&path);
+            let quiet_since = loop {
+                match mtime_ms(dir) {
+                    Ok(ms) => break ms,
+                    Err(_) if !dir.is_empty() => dir = parent_of(dir),
+                    Err(_) => break 0,
+                }
+            };
+            if now_ms.saturating_sub(quiet_since) < MOVE_SETTLE_MS {
+                out.unstable.push(path);
+                continue;
+            }
+        }
+        out.ops.push(LocalOp::Delete { id, at_ms: mtime_ms(parent_of(&path)).unwrap_or(u64::MAX), path });
     }
     out
+}
+
+/// How long a path gone from a just-changed directory waits for the other half of a
+/// rename before it counts as deleted (scans of a few paths only: a whole-folder scan
+/// sees both halves).
+const MOVE_SETTLE_MS: u64 = 300;
+
+/// For a scan of a few paths (`working` holds their entries), the path `new` (on disk as
+/// `d`, not in the index) was renamed from: an entry outside the scan with the same inode
+/// and kind whose own path no longer holds it. `by_ino` is built from the whole index on
+/// first use.
+fn moved_from_outside(
+    root: &Root,
+    index: &Index,
+    working: &Index,
+    by_ino: &mut Option<HashMap<u64, String>>,
+    new: &str,
+    d: &DiskEntry,
+) -> Option<String> {
+    let by_ino = by_ino.get_or_insert_with(|| index.iter().map(|(p, e)| (e.stat.ino, p.clone())).collect());
+    let old = by_ino.get(&d.stat.ino)?;
+    let entry = index.get(old)?;
+    if old == new || entry.kind != d.kind || working.contains_key(old) || is_within(new, old) {
+        return None;
+    }
+    // Its old path must not hold it any more.
+    let still_there = root.stat(old).is_ok_and(|st| stat_of_raw(&st).ino == d.stat.ino);
+    (!still_there).then(|| old.clone())
 }
 
 /// File system nanoseconds to milliseconds (0 for times before the epoch).
@@ -694,6 +760,74 @@ mod tests {
         assert_eq!(skipped, ["CON", "a\\b", "aux.c", "cafe\u{301}.md", "evil\u{202e}txt", "link", "notes."]);
     }
 
+    /// Sets a directory's modification time far back: it has been quiet since.
+    fn quiet_since_long_ago(dir: &Path) {
+        let past = rustix::fs::Timespec { tv_sec: 1_000_000_000, tv_nsec: 0 };
+        let times = rustix::fs::Timestamps { last_access: past, last_modification: past };
+        rustix::fs::utimensat(rustix::fs::CWD, dir, &times, rustix::fs::AtFlags::empty()).unwrap();
+    }
+
+    fn scan_paths(root: &Path, index: &Index, paths: &[&str]) -> Reconciled {
+        let filter = Filter::load(root, None);
+        let scope = Scope::Paths(paths.iter().map(|p| p.to_string()).collect());
+        reconcile(&Root::open(root).unwrap(), index, &scope, &filter, DEFAULT_TEXT_LIMIT_BYTES, &mut ids())
+    }
+
+    /// The watcher may report a rename's two halves to separate scans: the "to" alone is
+    /// still a move (found by inode outside the scan), and the "from" alone waits for it
+    /// rather than being recorded as a deletion, for files and directories alike.
+    #[test]
+    fn a_rename_seen_half_by_half_is_a_move_not_a_delete_and_a_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d/a.md"), "one").unwrap();
+        fs::write(root.join("b.md"), "two").unwrap();
+        let mut index = Index::new();
+        let first = scan_all(root, &index, &mut ids());
+        apply(&mut index, &first.ops);
+
+        fs::rename(root.join("b.md"), root.join("d/c.md")).unwrap();
+        // The "from" half first, in a just-changed directory: looked at again, not deleted.
+        let r = scan_paths(root, &index, &["b.md"]);
+        assert!(r.ops.is_empty(), "{:?}", r.ops);
+        assert_eq!(r.unstable, ["b.md"]);
+        // The "to" half alone: a move of the same entry.
+        let r = scan_paths(root, &index, &["d/c.md"]);
+        assert!(
+            matches!(&r.ops[0], LocalOp::Move { id, from, to, .. }
+                if *id == index["b.md"].id && from == "b.md" && to == "d/c.md"),
+            "{:?}",
+            r.ops
+        );
+        assert!(r.ops[1..].iter().all(|op| matches!(op, LocalOp::Touch { .. })), "{:?}", r.ops);
+        apply(&mut index, &r.ops);
+
+        // A directory, its "to" half alone: one move, its children known under it.
+        fs::rename(root.join("d"), root.join("e")).unwrap();
+        let r = scan_paths(root, &index, &["e"]);
+        assert!(
+            matches!(&r.ops[0], LocalOp::Move { from, to, .. } if from == "d" && to == "e"),
+            "{:?}",
+            r.ops
+        );
+        assert!(r.ops[1..].iter().all(|op| matches!(op, LocalOp::Touch { .. })), "{:?}", r.ops);
+        apply(&mut index, &r.ops);
+        assert!(index.contains_key("e/a.md") && index.contains_key("e/c.md"));
+
+        // A real deletion is recorded once the directory has been quiet for a while
+        // (its modification time set back, rather than waiting).
+        fs::remove_file(root.join("e/a.md")).unwrap();
+        assert_eq!(scan_paths(root, &index, &["e/a.md"]).unstable, ["e/a.md"]);
+        quiet_since_long_ago(&root.join("e"));
+        let r = scan_paths(root, &index, &["e/a.md"]);
+        assert!(
+            matches!(r.ops.as_slice(), [LocalOp::Delete { path, .. }] if path == "e/a.md"),
+            "{:?}",
+            r.ops
+        );
+    }
+
     #[test]
     fn create_edit_move_delete_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
@@ -741,6 +875,8 @@ mod tests {
         apply(&mut index, &r.ops);
 
         fs::remove_dir_all(root.join("e")).unwrap();
+        // Long enough ago that this is no rename's first half (see the test above).
+        quiet_since_long_ago(root);
         let r = reconcile(
             &Root::open(root).unwrap(),
             &index,
