@@ -425,6 +425,14 @@ impl FolderDoc {
         incremental
     }
 
+    /// Stops logging changes for [`Self::refresh_entries`] until its next call, which then
+    /// reads every entry: for a change that rewrites much of the folder (a peer's first
+    /// copy of it), logging each op and reading back its path costs more than reading
+    /// every entry once.
+    pub fn stop_tracking(&mut self) {
+        self.doc.reset_diff_cursor();
+    }
+
     /// The ids of the entries changed since `at`, if the patch log covers exactly that.
     fn entries_changed_since(&mut self, at: &[ChangeHash]) -> Option<BTreeSet<DocId>> {
         if at.is_empty() || self.doc.diff_cursor() != at {

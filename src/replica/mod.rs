@@ -440,6 +440,11 @@ impl FileFacts for Facts<'_> {
     }
 }
 
+/// A peer's change to the folder document with more operations than this (and than four
+/// per entry we have) is read back by reading every entry, not from the patch log
+/// ([`FolderDoc::stop_tracking`]).
+const LARGE_FOLDER_PAYLOAD_OPS: u64 = 4096;
+
 /// A scan records at most this much new text at once; the rest of an import follows a
 /// chunk per flush, so a join is answered and the first files sent within a second.
 const IMPORT_CHUNK_BYTES: usize = 512 * 1024;
@@ -1184,6 +1189,11 @@ impl Replica {
             return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
         }
         self.unsaved_signatures.extend(kept);
+        if doc == self.id.folder
+            && payload.ops > LARGE_FOLDER_PAYLOAD_OPS.max(4 * self.tree.entries.len() as u64)
+        {
+            self.folder.stop_tracking();
+        }
         let pre_text = self.files.get(&self.store, doc).and_then(|f| f.text());
         let before = self.current_heads(doc);
         let applied = match incoming.apply {
