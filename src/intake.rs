@@ -30,6 +30,7 @@ use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use sha2::{Digest, Sha256};
+use teatime_crdt::chunk::{BUNDLE, CHANGE, COMPRESSED_CHANGE as COMPRESSED, DOCUMENT, MAGIC};
 
 /// Largest payload for one document, in bytes after inflating (and so also before): a
 /// whole `save()` of a document, or a batch of changes. Configurable (`max_doc_bytes` in
@@ -46,11 +47,6 @@ pub const MAX_QUEUED_CHANGES: u64 = 1 << 16;
 /// Most bytes of such waiting changes from one peer, per document.
 pub const MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
 
-const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-const DOCUMENT: u8 = 0;
-const CHANGE: u8 = 1;
-const COMPRESSED: u8 = 2;
-const BUNDLE: u8 = 3;
 /// Column specification bit: the column is DEFLATE'd.
 const DEFLATE_BIT: u32 = 0b1000;
 

@@ -24,8 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ModelError;
 
-const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-const CHUNK_CHANGE: u8 = 1;
+use crate::chunk::{CHANGE as CHUNK_CHANGE, COMPRESSED_CHANGE as CHUNK_COMPRESSED, MAGIC};
 
 // Column specs of a change chunk: (column id << 4) | type.
 const OBJ_ACTOR: u64 = 0x01;
@@ -48,7 +47,6 @@ const VALUE_TYPE_STR: u64 = 6;
 /// The Text's key in the document's root map ([`crate::file`]).
 pub(crate) const TEXT_KEY: &str = "text";
 
-const CHUNK_COMPRESSED: u8 = 2;
 /// Changes longer than this are stored and sent DEFLATE'd, in Automerge's compressed
 /// change chunk (Automerge's own threshold): source text shrinks to about a quarter.
 const COMPRESS_OVER: usize = 256;

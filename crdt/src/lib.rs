@@ -22,6 +22,7 @@
 //! replicas in one thread, and what the property tests rely on.
 #![deny(missing_docs)]
 
+pub mod chunk;
 pub mod creation;
 pub mod file;
 pub mod folder;

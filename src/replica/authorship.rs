@@ -23,18 +23,16 @@
 
 use automerge::Change;
 use iroh::{PublicKey, Signature};
+use teatime_crdt::chunk::{
+    CHANGE as CHUNK_CHANGE, COMPRESSED_CHANGE as CHUNK_COMPRESSED_CHANGE, DOCUMENT as CHUNK_DOCUMENT,
+    MAGIC as CHUNK_MAGIC,
+};
 use teatime_crdt::creation::Creation;
 
 use super::*;
 
 /// Separates teatime change signatures from anything else a node key signs.
 const DOMAIN: &[u8] = b"teatime/change/v1";
-
-/// Automerge chunk header: magic bytes, then a 4-byte checksum, then the chunk type.
-const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-const CHUNK_DOCUMENT: u8 = 0;
-const CHUNK_CHANGE: u8 = 1;
-const CHUNK_COMPRESSED_CHANGE: u8 = 2;
 
 pub use crate::net::wire::Signed;
 
