@@ -1,3 +1,4 @@
 fn main() -> std::process::ExitCode {
+    teatime::memory::tune_allocator();
     teatime::cli::main()
 }

@@ -58,7 +58,7 @@ pub use admission::{Admission, JOIN_APPROVAL};
 use authorship::{Apply, Refusal};
 pub use authorship::{Signed, sign_change};
 use docs::FileDocs;
-pub use guards::{MASS_DELETE_MIN, MASS_DELETE_PERCENT, MIN_DISK_FREE};
+pub use guards::{MASS_DELETE_MIN, MASS_DELETE_PERCENT, MIN_DISK_FREE, MinFree};
 pub use rest::REST_AFTER;
 use rest::{Resident, Rest};
 use settled::Settled;
@@ -1871,18 +1871,28 @@ impl Replica {
             let entries = &self.tree.entries;
             let files = &mut self.files;
             let store = &self.store;
+            let saved = &self.saved;
             let blobs = self.fetches.dir();
+            // Listed once: a pass asks for every binary file not written yet, and opening
+            // each (most not arrived, while a join runs) was most of a joiner's syscalls.
+            let complete: HashSet<crate::blob::Hash> = blobs.held().into_iter().collect();
             let mut content_of = |id: DocId| {
                 let entry = entries.get(&id)?;
                 let exec = exec_synced.then_some(entry.exec);
                 let body = match entry.blob() {
                     Some(b) => Body::Blob {
                         hash: b.hash,
-                        source: blobs.open_complete(&b.hash),
+                        source: complete.contains(&b.hash).then(|| blobs.open_complete(&b.hash)).flatten(),
                         losers: entry.blobs.iter().filter(|o| o.hash != b.hash).map(|o| o.hash).collect(),
                     },
                     None => {
-                        let f = files.get(store, id)?;
+                        // A document the store does not hold is not read from it: while a
+                        // join runs, every pass asks for each document not arrived yet.
+                        let f = if saved.contains_key(&id) {
+                            files.get(store, id)?
+                        } else {
+                            files.in_memory(id)?
+                        };
                         Body::Text { text: f.text()?, heads: hashes(&f.heads()) }
                     }
                 };

@@ -154,6 +154,11 @@ impl Replica {
         self.unsaved_signatures = Default::default();
         self.import_rest = Vec::new();
         self.parked = Vec::new();
+        if let Err(e) = self.store.drop_cache() {
+            // Writes are refused until it opens again (see `Store::reopen`); waking reads the
+            // state back and stops the folder if that fails too.
+            error!("could not open this folder's store again after letting its cache go: {e:#}");
+        }
         self.rest.resting = true;
         self.rest.count += 1;
         // What was dropped goes back to the system now; what sessions and the network stack
