@@ -10,6 +10,7 @@
 //! rest_secs = 30            # quiet time before a folder drops its state from memory (0: never)
 //! text_limit = 8388608      # bytes; for folders that do not set `text-limit` themselves
 //! max_doc_bytes = 268435456 # bytes a peer may send for one document at once, inflated
+//! min_disk_free = "1%"      # bytes or N%; for folders that do not set `min-disk-free` themselves
 //! ```
 
 use std::path::Path;
@@ -20,6 +21,7 @@ use iroh::RelayUrl;
 use serde::Deserialize;
 
 use crate::net::endpoint::NetworkMode;
+use crate::replica::MinFree;
 
 /// The file's name in the home.
 pub const FILE: &str = "config.toml";
@@ -45,6 +47,8 @@ pub struct Config {
     pub text_limit: Option<u64>,
     /// Cap on one document's payload from a peer, inflated, bytes (see [`crate::intake`]).
     pub max_doc_bytes: Option<usize>,
+    /// Default free space below which nothing is written: bytes, or `N%` of the disk.
+    pub min_disk_free: Option<String>,
 }
 
 /// How a folder's replica paces its work.
@@ -60,6 +64,8 @@ pub struct Tuning {
     pub text_limit: u64,
     /// Caps on what peers send before it is decoded.
     pub intake: crate::intake::Limits,
+    /// Free space kept, for folders that do not set their own.
+    pub min_disk_free: MinFree,
 }
 
 impl Default for Tuning {
@@ -70,6 +76,7 @@ impl Default for Tuning {
             rest: Some(crate::replica::REST_AFTER),
             text_limit: crate::scan::DEFAULT_TEXT_LIMIT_BYTES,
             intake: crate::intake::Limits::default(),
+            min_disk_free: MinFree::default(),
         }
     }
 }
@@ -78,11 +85,18 @@ impl Config {
     /// Reads `HOME/config.toml` (absent: all defaults).
     pub fn load(home: &Path) -> Result<Config> {
         let path = home.join(FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        let config: Config = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        if let Some(v) = config.min_disk_free.as_deref().filter(|v| MinFree::parse(v).is_none()) {
+            anyhow::bail!(
+                "reading {}: min_disk_free is a number of bytes or a percentage (\"1%\"), not {v:?}",
+                path.display()
+            );
         }
+        Ok(config)
     }
 
     /// The pacing it asks for.
@@ -105,6 +119,7 @@ impl Config {
                 max_bytes: self.max_doc_bytes.unwrap_or(d.intake.max_bytes),
                 ..d.intake
             },
+            min_disk_free: self.min_disk_free.as_deref().and_then(MinFree::parse).unwrap_or(d.min_disk_free),
         }
     }
 }
@@ -127,6 +142,12 @@ mod tests {
         let t = c.tuning();
         assert_eq!((t.debounce, t.rescan, t.intake.max_bytes), (Duration::from_millis(50), None, 1024));
         assert_eq!(t.rest, Some(Duration::from_secs(2)));
+        assert_eq!(t.min_disk_free, MinFree::Percent(1));
+        std::fs::write(dir.path().join(FILE), "min_disk_free = \"65536\"\n").unwrap();
+        assert_eq!(Config::load(dir.path()).unwrap().tuning().min_disk_free, MinFree::Bytes(65536));
+        std::fs::write(dir.path().join(FILE), "min_disk_free = \"lots\"\n").unwrap();
+        let err = format!("{:#}", Config::load(dir.path()).unwrap_err());
+        assert!(err.contains("min_disk_free"), "{err}");
         std::fs::write(dir.path().join(FILE), "debounce = 50\n").unwrap();
         let err = format!("{:#}", Config::load(dir.path()).unwrap_err());
         assert!(err.contains("debounce"), "{err}");

@@ -154,7 +154,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "1-100 | off: hold local deletions reaching this share of the files (default 50)",
     ),
     ("mass-delete-min", "this peer", "files: ...and at least this many (default 10)"),
-    ("min-disk-free", "this peer", "bytes | N%: write nothing below this free space (default 1%)"),
+    (
+        "min-disk-free",
+        "this peer",
+        "bytes | N%: write nothing below this free space (default: config.toml's min_disk_free, else 1%)",
+    ),
 ];
 
 /// The answer: a JSON value, or a one-line error.

@@ -32,7 +32,6 @@ pub const MIN_DISK_FREE: &str = "min-disk-free";
 
 const DEFAULT_PERCENT: u64 = 50;
 const DEFAULT_MIN: u64 = 10;
-const DEFAULT_MIN_DISK_FREE: &str = "1%";
 /// Deletions recorded this recently count towards the next scan's: an `rm -rf` seen in
 /// several scans is still one burst.
 const BURST_WINDOW: Duration = Duration::from_secs(60);
@@ -47,13 +46,22 @@ const LISTED: usize = 20;
 
 /// Free space below which nothing is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MinFree {
+pub enum MinFree {
     Bytes(u64),
     Percent(u64),
 }
 
+impl Default for MinFree {
+    /// Syncthing's default too: what a system needs to keep running does not scale with
+    /// the disk exactly, but 1% is rarely too little and a user can lower it.
+    fn default() -> Self {
+        MinFree::Percent(1)
+    }
+}
+
 impl MinFree {
-    fn parse(s: &str) -> Option<MinFree> {
+    /// `N%` of the file system, or a number of bytes.
+    pub fn parse(s: &str) -> Option<MinFree> {
         match s.trim().strip_suffix('%') {
             Some(p) => p.trim().parse().ok().filter(|p| *p <= 100).map(MinFree::Percent),
             None => s.trim().parse().ok().map(MinFree::Bytes),
@@ -110,7 +118,8 @@ pub(super) struct Guards {
 }
 
 impl Guards {
-    pub(super) fn new(fs: &Root, store: &Store) -> Guards {
+    /// `min_free`: this node's default, for a folder that sets none of its own.
+    pub(super) fn new(fs: &Root, store: &Store, min_free: MinFree) -> Guards {
         let text =
             |key: &str| store.meta(key).ok().flatten().map(|b| String::from_utf8_lossy(&b).into_owned());
         Guards {
@@ -127,9 +136,7 @@ impl Guards {
             percent: text(MASS_DELETE_PERCENT)
                 .map_or(Some(DEFAULT_PERCENT), |v| parse_percent(&v).ok().flatten()),
             min_count: text(MASS_DELETE_MIN).and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MIN),
-            min_free: text(MIN_DISK_FREE)
-                .and_then(|v| MinFree::parse(&v))
-                .unwrap_or_else(|| MinFree::parse(DEFAULT_MIN_DISK_FREE).expect("valid default")),
+            min_free: text(MIN_DISK_FREE).and_then(|v| MinFree::parse(&v)).unwrap_or(min_free),
         }
     }
 

@@ -552,7 +552,7 @@ impl Replica {
         let exec_was_synced = folder.setting(SYNC_EXEC_BIT).as_deref() == Some("on");
         let paused = local::paused(&store)?;
         let mode = local::mode(&store)?;
-        let guards = guards::Guards::new(&fs, &store);
+        let guards = guards::Guards::new(&fs, &store, tuning.min_disk_free);
         // Writes a stopped process left under way: the disk says which version it holds.
         let mut index = loaded.index;
         let index_touched = apply::resolve_intents(&fs, &mut index, loaded.intents);

@@ -86,9 +86,8 @@ fn a_daemon_runs_several_folders_across_a_restart() {
 #[test]
 fn a_config_file_with_a_typo_is_refused_clearly() {
     let d = Peer::new("d");
-    fs::create_dir_all(d.home()).unwrap();
     fs::create_dir_all(d.dir()).unwrap();
-    fs::write(d.home().join("config.toml"), "rescan_secs = 60\ndebounce = 20\n").unwrap();
+    d.write_config("rescan_secs = 60\ndebounce = 20\n");
     let out = d.run_to_end(&[OsStr::new("share"), d.dir().as_os_str()]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("config.toml") && out.stderr.contains("debounce"), "{out:?}");

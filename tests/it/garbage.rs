@@ -7,8 +7,6 @@
 //! The hostile peer is the hand-written client of `rawpeer.rs`, admitted with the real
 //! ticket.
 
-use std::fs;
-
 use serde_json::Value;
 use teatime::net::wire::{Frame, MAX_FRAME_BYTES};
 use teatime_crdt::{DocId, FileDoc};
@@ -107,8 +105,7 @@ fn peers_that_send_garbage_are_dropped_and_named_while_an_honest_peer_syncs() {
     let mut expected = Tree::new();
     put_file(&mut expected, "notes.md", "one\n");
     let mut sharer = Peer::new("sharer");
-    fs::create_dir_all(sharer.home()).unwrap();
-    fs::write(sharer.home().join("config.toml"), format!("max_doc_bytes = {CAP}\n")).unwrap();
+    sharer.write_config(&format!("max_doc_bytes = {CAP}\n"));
     write_tree(sharer.dir(), &expected);
     sharer.start_share();
     let honest = Peer::join("honest", sharer.ticket());

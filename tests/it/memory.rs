@@ -1,8 +1,6 @@
 //! Text documents are read from the store when used and dropped when idle: a restart
 //! reads none of them, and a folder of many files never holds them all in memory.
 
-use std::fs;
-
 use crate::harness::{
     Peer, Tree, connected_pair, put_file, remove, rename, settle, wait_converged_to, wait_for, write_tree,
 };
@@ -85,8 +83,7 @@ fn a_quiet_replica_rests_and_the_next_event_wakes_it_with_the_folder_intact() {
     // Rest after one quiet second (the default is 30), and say so in the log.
     let start = |name: &str| {
         let mut peer = Peer::new(name);
-        fs::create_dir_all(peer.home()).unwrap();
-        fs::write(peer.home().join("config.toml"), "rest_secs = 1\n").unwrap();
+        peer.write_config("rest_secs = 1\n");
         peer.set_env("RUST_LOG", Some("warn,iroh=error,teatime=info,teatime::replica::rest=debug"));
         peer
     };

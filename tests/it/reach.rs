@@ -174,8 +174,7 @@ fn a_relay_that_does_not_answer_leaves_direct_sync_alone() {
     let relay = format!("relay = \"http://127.0.0.1:{closed}\"\n");
     let mut expected = one_file("notes.md", "one\n");
     let mut a = Peer::new("a");
-    std::fs::create_dir_all(a.home()).expect("a's home");
-    std::fs::write(a.home().join("config.toml"), &relay).expect("a's config");
+    a.write_config(&relay);
     write_tree(a.dir(), &expected);
     // The ticket waits a bounded time for the relay, then holds direct addresses.
     let started = std::time::Instant::now();
@@ -183,8 +182,7 @@ fn a_relay_that_does_not_answer_leaves_direct_sync_alone() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "share took {:?}", started.elapsed());
     assert!(a.log_text().contains("no relay reachable yet"), "the configured relay was not used");
     let mut b = Peer::new("b");
-    std::fs::create_dir_all(b.home()).expect("b's home");
-    std::fs::write(b.home().join("config.toml"), &relay).expect("b's config");
+    b.write_config(&relay);
     b.start_join(a.ticket());
     wait_converged_to(&[&a, &b], &expected);
     b.write("from-b.md", "b\n");
