@@ -1,4 +1,5 @@
-//! Text documents: ingesting an edited file (diff + splice), merging two forks, and
+//! Text documents: ingesting an edited file (diff + splice), building the Automerge
+//! document of a never-edited file (what its first edit costs), merging two forks, and
 //! replaying real editing traces. `cargo bench --bench text`; see README (Develop).
 
 use std::hint::black_box;
@@ -10,6 +11,7 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ChangeHash, ObjType, ROOT, ReadDoc};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use teatime_crdt::FileDoc;
+use teatime_crdt::creation::Creation;
 use teatime_crdt::text::diff_splices;
 
 /// Source-like text of about `bytes` bytes: numbered lines, so every line is distinct
@@ -64,6 +66,21 @@ fn ingest(c: &mut Criterion) {
         let expected = if round == 0 { &base } else { &edits[round % 2] };
         assert_eq!(doc.text().as_ref(), Some(expected));
     }
+    group.finish();
+}
+
+/// A never-edited file's document is its first change alone ([`Creation`]); its first edit
+/// needs it as an Automerge document, built by splicing the text in (what `to_doc` does),
+/// against loading the same document from Automerge's own saved bytes.
+fn first_edit_document(c: &mut Criterion) {
+    let mut group = c.benchmark_group("first_edit_document");
+    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    let text = source_text(1_000_000);
+    group.throughput(Throughput::Bytes(text.len() as u64));
+    let creation = Creation::new(actor(1), text, 0);
+    group.bench_function("to_doc/1MB", |b| b.iter(|| black_box(creation.to_doc(actor(2)).expect("to_doc"))));
+    let saved = creation.to_doc(actor(2)).expect("to_doc").save();
+    group.bench_function("load_saved/1MB", |b| b.iter(|| black_box(AutoCommit::load(&saved).expect("load"))));
     group.finish();
 }
 
@@ -208,5 +225,5 @@ fn traces(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, ingest, merge, traces);
+criterion_group!(benches, ingest, first_edit_document, merge, traces);
 criterion_main!(benches);
