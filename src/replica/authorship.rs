@@ -74,6 +74,87 @@ pub struct Incoming {
     pub infos: Vec<ChangeInfo>,
     /// How to apply them.
     pub apply: Apply,
+    /// Signatures of its changes already checked against their authors (by
+    /// [`Preloaded::decode`]): (change hash, signature).
+    pub verified: Vec<Signed>,
+}
+
+/// A new document's payload decoded ahead, off the replica's thread (`Replica::preload`).
+pub struct Preloaded {
+    /// BLAKE3 of the payload: it stands only for these very bytes.
+    payload: [u8; 32],
+    /// What [`intake::inspect`] found in it.
+    pub(super) inspected: intake::Payload,
+    decoded: Decoded,
+    /// The changes' signatures that were checked.
+    verified: Vec<Signed>,
+}
+
+enum Decoded {
+    /// A whole document, loaded into Automerge.
+    Whole(Box<AutoCommit>),
+    /// A text file's first change.
+    Created(Creation),
+}
+
+impl Preloaded {
+    /// Decodes a payload that would start an empty document, if it passes the intake
+    /// checks and is a whole document or a text file's first change, and checks the
+    /// signatures that come with it. `None`: leave it to the one-by-one path.
+    pub(super) fn decode(
+        folder: DocId,
+        actor: &automerge::ActorId,
+        data: &[u8],
+        signatures: &[Signed],
+        limits: &intake::Limits,
+    ) -> Option<Preloaded> {
+        let inspected = intake::inspect(data, limits).ok()?;
+        let chunks = chunks(data).ok()?;
+        let (decoded, changes): (Decoded, Vec<([u8; 32], automerge::ActorId)>) = match chunks.as_slice() {
+            [(CHUNK_DOCUMENT, _)] => {
+                let load = || {
+                    let mut d = AutoCommit::new().with_actor(actor.clone());
+                    d.load_incremental(data).ok().map(|_| d)
+                };
+                let mut d = intake::decode_isolated(load).ok().flatten()?;
+                let changes =
+                    d.get_changes_meta(&[]).into_iter().map(|c| (c.hash.0, c.actor.into_owned())).collect();
+                (Decoded::Whole(Box::new(d)), changes)
+            }
+            [(CHUNK_CHANGE | CHUNK_COMPRESSED_CHANGE, bytes)] => {
+                let first = intake::decode_isolated(|| Creation::parse(bytes)).ok().flatten()?;
+                let changes = vec![(first.hash.0, first.actor.clone())];
+                (Decoded::Created(first), changes)
+            }
+            _ => return None,
+        };
+        let sigs: HashMap<[u8; 32], Signature> = signatures.iter().copied().collect();
+        let verified = changes
+            .iter()
+            .filter_map(|(hash, actor)| {
+                let author = author_of(actor)?;
+                let sig = sigs.get(hash)?;
+                author.verify(&message(folder, hash), sig).ok().map(|()| (*hash, *sig))
+            })
+            .collect();
+        Some(Preloaded { payload: *blake3::hash(data).as_bytes(), inspected, decoded, verified })
+    }
+
+    /// Whether it was decoded from `data`.
+    pub(super) fn is_of(&self, data: &[u8]) -> bool {
+        self.payload == *blake3::hash(data).as_bytes()
+    }
+}
+
+/// The member whose key an actor id carries, if it carries one.
+fn author_of(actor: &automerge::ActorId) -> Option<PublicKey> {
+    teatime_crdt::ids::member_bytes_of_actor(actor).and_then(|b| PublicKey::from_bytes(&b).ok())
+}
+
+impl Incoming {
+    fn new(infos: Vec<ChangeInfo>, apply: Apply) -> Incoming {
+        Incoming { infos, apply, verified: Vec::new() }
+    }
 }
 
 /// How a checked payload is applied.
@@ -115,11 +196,6 @@ fn chunks(mut data: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
         data = &data[end..];
     }
     Ok(out)
-}
-
-/// Whether a payload is one whole document (a `save()`), not changes.
-pub(super) fn is_whole_document(data: &[u8]) -> bool {
-    matches!(chunks(data).as_deref(), Ok([(CHUNK_DOCUMENT, _)]))
 }
 
 /// Unsigned LEB128: the value and how many bytes it took.
@@ -219,18 +295,41 @@ impl Replica {
         Some((data, sigs))
     }
 
-    /// Parses a peer's payload for `doc` into the changes it would add.
-    pub(super) fn incoming(&mut self, doc: DocId, data: &[u8]) -> Result<Incoming, String> {
+    /// Parses a peer's payload for `doc` into the changes it would add, taking what
+    /// `preload` decoded from these bytes (`ahead`), if it did.
+    pub(super) fn incoming(
+        &mut self,
+        doc: DocId,
+        data: &[u8],
+        ahead: Option<Preloaded>,
+    ) -> Result<Incoming, String> {
+        let (decoded, verified) = ahead.map_or((None, Vec::new()), |p| (Some(p.decoded), p.verified));
+        let mut incoming = self.decode_payload(doc, data, decoded)?;
+        incoming.verified = verified;
+        Ok(incoming)
+    }
+
+    fn decode_payload(
+        &mut self,
+        doc: DocId,
+        data: &[u8],
+        ahead: Option<Decoded>,
+    ) -> Result<Incoming, String> {
+        let (mut created_ahead, whole_ahead) = match ahead {
+            Some(Decoded::Created(c)) => (Some(c), None),
+            Some(Decoded::Whole(d)) => (None, Some(d)),
+            None => (None, None),
+        };
         let chunks = chunks(data)?;
         if let [(CHUNK_CHANGE | CHUNK_COMPRESSED_CHANGE, bytes)] = chunks.as_slice()
             && doc != self.id.folder
-            && let Some(first) = Creation::parse(bytes)
+            && let Some(first) = created_ahead.take().or_else(|| Creation::parse(bytes))
         {
             // A text document's first change, read without Automerge (most of a join).
             let heads = self.current_heads(doc);
             let info = ChangeInfo { hash: first.hash.0, actor: first.actor.clone(), timestamp: first.at_ms };
             if heads.is_empty() {
-                return Ok(Incoming { infos: vec![info], apply: Apply::Created(Box::new(first)) });
+                return Ok(Incoming::new(vec![info], Apply::Created(Box::new(first))));
             }
             // We have the document: usually with this change (it starts every history),
             // then there is nothing to add; else it is applied like any change.
@@ -239,10 +338,10 @@ impl Replica {
                 d.get_missing_deps(&[]).is_empty() && d.get_missing_deps(&[first.hash]).is_empty()
             };
             if known {
-                return Ok(Incoming { infos: Vec::new(), apply: Apply::Changes(Vec::new()) });
+                return Ok(Incoming::new(Vec::new(), Apply::Changes(Vec::new())));
             }
             let change = first.to_change().map_err(|e| format!("unreadable change: {e}"))?;
-            return Ok(Incoming { infos: vec![info], apply: Apply::Changes(vec![change]) });
+            return Ok(Incoming::new(vec![info], Apply::Changes(vec![change])));
         }
         if chunks.iter().all(|(kind, _)| *kind == CHUNK_CHANGE) {
             let changes = chunks
@@ -250,22 +349,20 @@ impl Replica {
                 .map(|(_, bytes)| Change::try_from(bytes).map_err(|e| format!("unreadable change: {e}")))
                 .collect::<Result<Vec<_>, _>>()?;
             let infos = changes.iter().map(ChangeInfo::from).collect();
-            return Ok(Incoming { infos, apply: Apply::Changes(changes) });
+            return Ok(Incoming::new(infos, Apply::Changes(changes)));
         }
         if chunks.len() != 1 || chunks[0].0 != CHUNK_DOCUMENT {
             return Err("a payload mixing documents and changes, or a compressed change".into());
         }
         let actor = self.id.actor.clone();
-        let preloaded = self.preloaded.remove(&doc);
         let d = self.doc_mut(doc);
         let ours = d.get_heads();
         if ours.is_empty()
-            && let Some((hash, mut whole)) = preloaded
-            && hash == *blake3::hash(data).as_bytes()
+            && let Some(mut whole) = whole_ahead
         {
             // Loaded ahead from these very bytes (`Replica::preload`).
             let infos = whole.get_changes_meta(&[]).into_iter().map(ChangeInfo::from).collect();
-            return Ok(Incoming { infos, apply: Apply::Replace(Box::new(whole)) });
+            return Ok(Incoming::new(infos, Apply::Replace(whole)));
         }
         // A whole document, usually for one we lack; for one we have (the sender did not
         // know our heads), what it adds is what a copy of ours gains from it.
@@ -273,7 +370,7 @@ impl Replica {
         let mut merged = if ours.is_empty() { AutoCommit::new() } else { d.fork() }.with_actor(actor);
         merged.load_incremental(data).map_err(|e| format!("unreadable document: {e}"))?;
         let infos = merged.get_changes_meta(&ours).into_iter().map(ChangeInfo::from).collect();
-        Ok(Incoming { infos, apply: Apply::Replace(Box::new(merged)) })
+        Ok(Incoming::new(infos, Apply::Replace(Box::new(merged))))
     }
 
     /// Checks each change's signature against its author, and the author's role.
@@ -289,15 +386,17 @@ impl Replica {
         let mut authors: BTreeMap<String, i64> = BTreeMap::new();
         for c in &incoming.infos {
             let hash = c.hash;
-            let author = teatime_crdt::ids::member_bytes_of_actor(&c.actor)
-                .and_then(|b| PublicKey::from_bytes(&b).ok())
-                .ok_or_else(|| {
-                    Refusal::Forged(format!("change by actor {} which is no member's", c.actor))
-                })?;
-            let sig = sigs.get(&hash).ok_or_else(|| Refusal::Forged("an unsigned change".into()))?;
-            author.verify(&message(self.id.folder, &hash), sig).map_err(|_| {
-                Refusal::Forged(format!("a change not signed by its author {}", author.fmt_short()))
+            let author = author_of(&c.actor).ok_or_else(|| {
+                Refusal::Forged(format!("change by actor {} which is no member's", c.actor))
             })?;
+            let sig = sigs.get(&hash).ok_or_else(|| Refusal::Forged("an unsigned change".into()))?;
+            // The author comes from the actor, which the hash covers: a (hash, signature)
+            // pair checked ahead needs no second check.
+            if !incoming.verified.contains(&(hash, *sig)) {
+                author.verify(&message(self.id.folder, &hash), sig).map_err(|_| {
+                    Refusal::Forged(format!("a change not signed by its author {}", author.fmt_short()))
+                })?;
+            }
             kept.push((hash, *sig));
             // Each author is judged at the time of its latest change here: a role the owner
             // took away applies from then on.

@@ -338,9 +338,9 @@ pub struct Replica {
     /// New text files of a big import not recorded yet, in the scan's order: recorded a
     /// chunk per flush, so peers are admitted and served while the import runs.
     import_rest: Vec<LocalOp>,
-    /// Whole documents a batch of frames brings, loaded ahead on every core (see
-    /// [`Replica::preload`]), by document, with the BLAKE3 hash of the bytes they came from.
-    preloaded: HashMap<DocId, ([u8; 32], AutoCommit)>,
+    /// New documents a batch of frames brings, decoded and their signatures checked ahead
+    /// on every core (see [`Replica::preload`]), by document.
+    preloaded: HashMap<DocId, authorship::Preloaded>,
     /// Our new documents' `save()` from `persist_docs`, reused by the push that follows in
     /// the same flush (a new document is sent whole: encoding it once is enough).
     fresh_saves: HashMap<DocId, (Vec<ChangeHash>, Vec<u8>)>,
@@ -854,48 +854,43 @@ impl Replica {
         }
     }
 
-    /// Loads the whole documents a batch of frames brings on every core, ahead of
-    /// [`Replica::receive_changes`], which takes them instead of decoding the bytes itself:
-    /// loading a `save()` into Automerge is most of a join's work, and each document is
-    /// independent. Only frames that would be loaded into an empty document are taken
-    /// (new files, from a current session), and each payload passes [`intake::inspect`]
-    /// before it is decoded (behind `catch_unwind`), as on the one-by-one path; everything
-    /// after decoding (signatures, roles, the waiting bound, applying) is unchanged. A
-    /// payload that fails here is simply not preloaded: `receive_changes` decodes it
-    /// again and acts on the failure.
+    /// Decodes the new documents a batch of frames brings on every core, ahead of
+    /// [`Replica::receive_changes`], which takes them instead of decoding the bytes itself,
+    /// and checks their changes' signatures: for a join, decoding (a `save()` loaded into
+    /// Automerge, or a text file's first change inflated and hashed) and the ed25519 checks
+    /// are most of the work per file, and each document is independent. Only frames that
+    /// would start an empty document are taken (new files, from a current session), and
+    /// each payload passes [`intake::inspect`] before it is decoded (behind
+    /// `catch_unwind`), as on the one-by-one path; roles, the waiting bound and applying
+    /// stay on that path. A payload that fails here is simply not preloaded:
+    /// `receive_changes` decodes it again and acts on the failure.
     fn preload(&mut self, batch: &[Event]) {
-        let mut todo: Vec<(DocId, &[u8])> = Vec::new();
+        let mut todo: Vec<(DocId, &[u8], &[Signed])> = Vec::new();
         let mut seen: HashSet<DocId> = HashSet::new();
         for ev in batch {
-            let Event::Frame { peer, conn_id, frame: Frame::Changes { doc, data, .. } } = ev else {
+            let Event::Frame { peer, conn_id, frame: Frame::Changes { doc, data, signatures, .. } } = ev
+            else {
                 continue;
             };
             if *doc == self.id.folder
                 || self.peers.get(peer).is_none_or(|l| l.conn_id != *conn_id)
-                || !authorship::is_whole_document(data)
                 || !seen.insert(*doc)
                 || self.saved.get(doc).is_some_and(|h| !h.is_empty())
                 || self.files.in_memory(*doc).is_some_and(|f| !f.heads().is_empty())
             {
                 continue;
             }
-            todo.push((*doc, data));
+            todo.push((*doc, data, signatures));
         }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
         if threads < 2 {
             return;
         }
-        let (actor, limits) = (&self.id.actor, &self.tuning.intake);
-        let loaded = on_every_core(&todo, threads, |(doc, data)| {
-            intake::inspect(data, limits).ok()?;
-            let load = || {
-                let mut d = AutoCommit::new().with_actor(actor.clone());
-                d.load_incremental(data).ok().map(|_| d)
-            };
-            let d = intake::decode_isolated(load).ok().flatten()?;
-            Some((*doc, *blake3::hash(data).as_bytes(), d))
+        let (folder, actor, limits) = (self.id.folder, &self.id.actor, &self.tuning.intake);
+        let loaded = on_every_core(&todo, threads, |(doc, data, signatures)| {
+            Some((*doc, authorship::Preloaded::decode(folder, actor, data, signatures, limits)?))
         });
-        self.preloaded.extend(loaded.into_iter().map(|(doc, hash, d)| (doc, (hash, d))));
+        self.preloaded.extend(loaded);
     }
 
     fn peer_up(&mut self, session: Session) {
@@ -1143,11 +1138,17 @@ impl Replica {
         heads: Heads,
         signatures: Vec<Signed>,
     ) {
-        let payload = match intake::inspect(&data, &self.tuning.intake) {
+        // Decoded ahead from these very bytes (`preload`): inspected there too.
+        let ahead = self.preloaded.remove(&doc).filter(|p| p.is_of(&data));
+        let payload = match ahead.as_ref().map(|p| Ok(p.inspected)) {
+            Some(inspected) => inspected,
+            None => intake::inspect(&data, &self.tuning.intake),
+        };
+        let payload = match payload {
             Ok(p) => p,
             Err(why) => return self.quarantine(peer, format!("changes to document {}: {why}", doc.short())),
         };
-        let mut incoming = match intake::decode_isolated(|| self.incoming(doc, &data)) {
+        let mut incoming = match intake::decode_isolated(|| self.incoming(doc, &data, ahead)) {
             Ok(Ok(i)) => i,
             Ok(Err(why)) | Err(why) => {
                 return self.quarantine(peer, format!("changes to document {}: {why}", doc.short()));
