@@ -16,8 +16,9 @@
 //! 6. record the new [`Stat`] and hash in the index, so the watcher's event for our own
 //!    write is recognised as "nothing changed" (no echo).
 //!
-//! Files go in batches: steps 1 to 3 for each, one commit of all their write intents
-//! (a [`Journal`]), then steps 4 and 5, the directory fsynced once per batch.
+//! Files go in batches: step 1 for each, steps 2 and 3 for the whole batch on several
+//! threads, one commit of all their write intents (a [`Journal`]), then steps 4 and 5,
+//! the directory fsynced once per batch.
 //!
 //! Nothing is ever deleted or overwritten unless the index says teatime put it there and
 //! it is unchanged since; untracked files at a target path are left alone and reported, so
@@ -79,6 +80,9 @@ pub type Journal<'a> = dyn FnMut(&[(String, WriteIntent)]) -> io::Result<()> + '
 /// Temp files written before their intents are committed together: one durable commit
 /// per this many files instead of one per file (a joiner materialises thousands at once).
 const WRITE_BATCH: usize = 256;
+
+/// Threads writing a batch's temp files at most (each mostly waits on the file system).
+const WRITE_THREADS: usize = 4;
 
 /// Where the losing versions of binary races are kept, inside the state directory.
 pub const VERSIONS_DIR: &str = "versions";
@@ -251,18 +255,75 @@ pub fn materialize(
     m
 }
 
-/// A file write whose new content is durable in a temp file next to the target, waiting
-/// for its intent to be committed before the swap.
+/// A file write checked against the disk, waiting for its batch: its content goes to a
+/// temp file next to the target, then its intent is committed, then the swap.
 struct Prepared {
     path: String,
     id: DocId,
     dir: Dir,
     name: String,
-    temp: PreparedTemp,
+    temp: Temp,
     expected: Option<Stat>,
     /// Where the old file goes instead of being removed (a losing binary version).
     keep: Option<(Dir, String)>,
-    intent: WriteIntent,
+    /// What the index holds for the target now.
+    old: Option<IndexEntry>,
+    /// The row once the new content is in (its `stat` is the temp file's).
+    new: IndexEntry,
+}
+
+/// A prepared write's temp file.
+enum Temp {
+    /// Text, written with the rest of the batch (on every core: creating and syncing
+    /// thousands of small files is most of a join's time in the kernel).
+    Text { bytes: String, mode: Option<u32> },
+    /// Written already (a binary file's content is streamed from its blob at once).
+    Written(PreparedTemp),
+}
+
+/// Writes the batch's text temp files, on up to [`WRITE_THREADS`] threads; a write that
+/// fails is reported and leaves the batch.
+fn write_batch_temps(batch: Vec<Prepared>, m: &mut Materialized) -> Vec<(Prepared, PreparedTemp)> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(WRITE_THREADS);
+    let write = |p: &Prepared| match &p.temp {
+        Temp::Text { bytes, mode } => write_temp(&p.dir, Source::Bytes(bytes.as_bytes()), *mode),
+        Temp::Written(t) => Ok(t.clone()),
+    };
+    let texts = batch.iter().filter(|p| matches!(p.temp, Temp::Text { .. })).count();
+    let written: Vec<io::Result<PreparedTemp>> = if threads < 2 || texts < 2 {
+        batch.iter().map(write).collect()
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let mut slots: Vec<Option<io::Result<PreparedTemp>>> = (0..batch.len()).map(|_| None).collect();
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(p) = batch.get(i) else { break done };
+                            done.push((i, write(p)));
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                for (i, r) in w.join().expect("a temp file writer panicked") {
+                    slots[i] = Some(r);
+                }
+            }
+        });
+        slots.into_iter().map(|r| r.expect("every item written")).collect()
+    };
+    let mut out = Vec::with_capacity(batch.len());
+    for (p, temp) in batch.into_iter().zip(written) {
+        match temp {
+            Ok(temp) => out.push((p, temp)),
+            Err(err) => m.errors.push((p.path, p.id, err)),
+        }
+    }
+    out
 }
 
 /// Commits the intents of `pending` in one transaction, then swaps each file in (steps 4
@@ -276,27 +337,36 @@ fn swap_in_batch(
     if pending.is_empty() {
         return;
     }
-    let batch = std::mem::take(pending);
+    let batch = write_batch_temps(std::mem::take(pending), m);
     // Touched from here on: the rows persisted after the pass clear the intents.
-    m.touched.extend(batch.iter().map(|p| p.path.clone()));
-    let intents: Vec<(String, WriteIntent)> =
-        batch.iter().map(|p| (p.path.clone(), p.intent.clone())).collect();
+    m.touched.extend(batch.iter().map(|(p, _)| p.path.clone()));
+    // The index row is durable with the write: committed as an intent before the rename,
+    // settled by what the disk holds if the process stops before the row itself is.
+    let intents: Vec<(String, WriteIntent)> = batch
+        .iter()
+        .map(|(p, temp)| {
+            let new = IndexEntry { stat: temp.stat, racy: temp.stat.is_recent(), ..p.new.clone() };
+            let intent = WriteIntent {
+                old: p.old.clone(),
+                new,
+                temp: crate::scan::join(parent_of(&p.path), &temp.name),
+            };
+            (p.path.clone(), intent)
+        })
+        .collect();
     if let Err(err) = journal(&intents) {
-        for p in batch {
-            let _ = p.dir.unlink(&p.temp.name);
+        for (p, temp) in batch {
+            let _ = p.dir.unlink(&temp.name);
             m.errors.push((p.path, p.id, io::Error::new(err.kind(), err.to_string())));
         }
         return;
     }
     let mut swapped_in: HashMap<&str, &Dir> = HashMap::new();
-    for p in &batch {
+    for (p, temp) in &batch {
         let keep = p.keep.as_ref().map(|(dir, name)| (dir, name.as_str()));
-        match swap_temp(&p.dir, &p.temp, &p.name, p.expected, keep) {
+        match swap_temp(&p.dir, temp, &p.name, p.expected, keep) {
             Ok(Some(stat)) => {
-                index.insert(
-                    p.path.clone(),
-                    IndexEntry { stat, racy: stat.is_recent(), ..p.intent.new.clone() },
-                );
+                index.insert(p.path.clone(), IndexEntry { stat, racy: stat.is_recent(), ..p.new.clone() });
                 if let Some((_, kept)) = &p.keep {
                     m.kept_versions.push((p.path.clone(), format!("{STATE_DIR}/{VERSIONS_DIR}/{kept}")));
                 }
@@ -450,12 +520,10 @@ fn write_file(
         }
         return Ok(None);
     }
-    let source = match &content.body {
-        Body::Text { text, .. } => Source::Bytes(text.as_bytes()),
-        Body::Blob { source: Some(f), .. } => Source::File(f),
-        Body::Blob { hash, .. } if *hash == *blake3::hash(b"").as_bytes() => Source::Bytes(b""),
-        Body::Blob { .. } => return Ok(None), // not here yet: written once it has arrived
-    };
+    if matches!(&content.body, Body::Blob { source: None, hash, .. } if *hash != *blake3::hash(b"").as_bytes())
+    {
+        return Ok(None); // not here yet: written once it has arrived
+    }
     let mode = match dir.metadata(name) {
         Ok(meta) => {
             let unchanged =
@@ -485,20 +553,15 @@ fn write_file(
         }
         None => None,
     };
-    let row = |stat: Stat| {
-        if binary {
-            IndexEntry::binary(id, stat, hash)
-        } else {
-            IndexEntry::file(id, stat, hash, heads.clone())
-        }
+    let new = if binary {
+        IndexEntry::binary(id, Stat::default(), hash)
+    } else {
+        IndexEntry::file(id, Stat::default(), hash, heads)
     };
-    let temp = write_temp(&dir, source, mode)?;
-    // The index row is durable with the write: committed as an intent before the rename,
-    // settled by what the disk holds if the process stops before the row itself is.
-    let intent = WriteIntent {
-        old: recorded.clone(),
-        new: row(temp.stat),
-        temp: crate::scan::join(parent_of(path), &temp.name),
+    let temp = match content.body {
+        Body::Text { text, .. } => Temp::Text { bytes: text, mode },
+        Body::Blob { source: Some(f), .. } => Temp::Written(write_temp(&dir, Source::File(&f), mode)?),
+        Body::Blob { .. } => Temp::Written(write_temp(&dir, Source::Bytes(b""), mode)?),
     };
     Ok(Some(Prepared {
         path: path.to_string(),
@@ -508,7 +571,8 @@ fn write_file(
         temp,
         expected,
         keep,
-        intent,
+        old: recorded,
+        new,
     }))
 }
 
@@ -544,6 +608,7 @@ pub enum Source<'a> {
 }
 
 /// A temp file holding new content, durable, not yet renamed into place.
+#[derive(Clone)]
 pub struct PreparedTemp {
     /// Its name in the directory.
     pub name: String,
