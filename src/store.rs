@@ -166,6 +166,9 @@ pub struct Store {
     /// Next change sequence number, and chunks since the last snapshot, per document
     /// (learnt when a document is read or first saved).
     chunks: RefCell<HashMap<DocId, (u64, u64)>>,
+    /// `flock` on the lock file beside the database, held as long as the store: redb's own
+    /// lock goes with its handle, which [`Store::reopen`] closes for a moment.
+    _lock: std::fs::File,
 }
 
 /// A document as stored: a snapshot and the changes saved after it, in order (together,
@@ -259,6 +262,41 @@ fn doc_id(bytes: &[u8]) -> Result<DocId> {
     Ok(DocId(arr))
 }
 
+/// Takes the lock file beside the database at `path` (`state.lock` for `state.redb`):
+/// one process per folder, for as long as its store lives.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    let lock_path = path.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(InUse(path.to_path_buf()).into()),
+        Err(e) => Err(e).with_context(|| format!("locking {}", lock_path.display())),
+    }
+}
+
+/// Opens (or creates) the database file and its tables.
+fn open_db(path: &Path) -> Result<Database> {
+    let db = match Database::create(path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(InUse(path.to_path_buf()).into()),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let tx = db.begin_write()?;
+    for t in [META, INDEX, PEERS, WRITES] {
+        tx.open_table(t)?;
+    }
+    for t in [DOCS, CHANGES, SIGNATURES, HEADS] {
+        tx.open_table(t)?;
+    }
+    tx.commit()?;
+    Ok(db)
+}
+
 /// The store is open in another process (the one running the folder).
 #[derive(Debug, thiserror::Error)]
 #[error("{} is in use by another teatime process (one process per folder)", .0.display())]
@@ -283,20 +321,15 @@ impl Store {
     /// Opens (or creates) the database. Fails with a clear message if another teatime
     /// process has it open.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = match Database::create(path) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(InUse(path.to_path_buf()).into()),
-            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-        };
-        let tx = db.begin_write()?;
-        for t in [META, INDEX, PEERS, WRITES] {
-            tx.open_table(t)?;
-        }
-        for t in [DOCS, CHANGES, SIGNATURES, HEADS] {
-            tx.open_table(t)?;
-        }
-        tx.commit()?;
-        Ok(Store { db, path: path.to_path_buf(), unavailable: false, chunks: RefCell::default() })
+        let lock = lock(path)?;
+        let db = open_db(path)?;
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+            unavailable: false,
+            chunks: RefCell::default(),
+            _lock: lock,
+        })
     }
 
     /// Closes the database and opens it again. After an I/O error (a full disk) redb
@@ -311,8 +344,7 @@ impl Store {
         let stand_in = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
         drop(std::mem::replace(&mut self.db, stand_in));
         self.chunks.get_mut().clear();
-        let reopened = Store::open(&self.path)?;
-        self.db = reopened.db;
+        self.db = open_db(&self.path)?;
         self.unavailable = false;
         Ok(())
     }
@@ -560,6 +592,29 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_folder_stays_locked_while_the_store_drops_its_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let in_use = |r: Result<Store>| r.err().is_some_and(|e| e.downcast_ref::<InUse>().is_some());
+        let mut s = Store::open(&path).unwrap();
+        s.set_meta(&[("k", b"v".as_slice())]).unwrap();
+        assert!(in_use(Store::open(&path)), "a second open is refused");
+        // Between closing redb's handle and opening it again, redb's own lock is gone: ours
+        // is not.
+        let stand_in = std::mem::replace(
+            &mut s.db,
+            Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap(),
+        );
+        drop(stand_in);
+        assert!(in_use(Store::open(&path)), "refused while redb's handle is closed");
+        s.drop_cache().unwrap();
+        assert!(in_use(Store::open(&path)), "refused after the cache is dropped");
+        assert_eq!(s.meta("k").unwrap().as_deref(), Some(b"v".as_slice()));
+        drop(s);
+        assert!(Store::open(&path).is_ok(), "free once the store is gone");
+    }
 
     #[test]
     fn snapshot_changes_and_index_round_trip() {
