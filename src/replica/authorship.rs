@@ -525,4 +525,28 @@ mod tests {
         assert!(chunks(&after[..after.len() - 1]).is_err(), "a truncated payload");
         assert!(chunks(b"garbage garbage").is_err());
     }
+
+    #[test]
+    fn only_signatures_that_verify_are_taken_as_checked_ahead() {
+        let folder = DocId([3; 16]);
+        let (author, stranger) =
+            (iroh::SecretKey::from_bytes(&[1; 32]), iroh::SecretKey::from_bytes(&[2; 32]));
+        let actor = teatime_crdt::ids::actor_for_member(author.public().as_bytes(), [0; 8]);
+        let first = Creation::new(actor.clone(), "some text\n".repeat(40), 1_000);
+        let hash = ChangeHash(first.hash.0);
+        let decode = |sigs: &[Signed]| {
+            Preloaded::decode(folder, &actor, &first.bytes, sigs, &intake::Limits::default())
+                .expect("decodes")
+        };
+        let good = (hash.0, sign_change(&author, folder, &hash));
+        let forged = (hash.0, sign_change(&stranger, folder, &hash));
+        let elsewhere = (hash.0, sign_change(&author, DocId([4; 16]), &hash));
+        assert_eq!(decode(&[good]).verified, vec![good]);
+        for bad in [forged, elsewhere] {
+            let p = decode(&[bad]);
+            assert!(p.verified.is_empty(), "a signature that does not verify is left to check_authorship");
+            assert!(matches!(p.decoded, Decoded::Created(_)) && p.is_of(&first.bytes));
+        }
+        assert!(decode(&[]).verified.is_empty());
+    }
 }
