@@ -41,6 +41,7 @@ use teatime_crdt::path::{STATE_DIR, TEMP_PREFIX, is_valid_name};
 use teatime_crdt::{DocId, EntryKind, Tree};
 
 use crate::fsroot::{Dir, Root};
+use crate::parallel::on_every_core;
 use crate::scan::{disk_entry, is_within, move_in_index, parent_of, stat_of};
 use crate::store::{Index, IndexEntry, Stat, WriteIntent};
 
@@ -293,28 +294,16 @@ fn write_batch_temps(batch: Vec<Prepared>, m: &mut Materialized) -> Vec<(Prepare
     let written: Vec<io::Result<PreparedTemp>> = if threads < 2 || texts < 2 {
         batch.iter().map(write).collect()
     } else {
-        let next = std::sync::atomic::AtomicUsize::new(0);
+        let numbered: Vec<(usize, &Prepared)> = batch.iter().enumerate().collect();
         let mut slots: Vec<Option<io::Result<PreparedTemp>>> = (0..batch.len()).map(|_| None).collect();
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut done = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(p) = batch.get(i) else { break done };
-                            done.push((i, write(p)));
-                        }
-                    })
-                })
-                .collect();
-            for w in workers {
-                for (i, r) in w.join().expect("a temp file writer panicked") {
-                    slots[i] = Some(r);
-                }
-            }
-        });
-        slots.into_iter().map(|r| r.expect("every item written")).collect()
+        for (i, r) in on_every_core(&numbered, threads, |(i, p)| Some((*i, write(p)))) {
+            slots[i] = Some(r);
+        }
+        // A thread that panicked left its items without a result: they are not written.
+        slots
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(io::Error::other("its writer thread failed"))))
+            .collect()
     };
     let mut out = Vec::with_capacity(batch.len());
     for (p, temp) in batch.into_iter().zip(written) {

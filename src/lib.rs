@@ -25,6 +25,7 @@ pub mod locks;
 pub mod memory;
 pub mod net;
 pub mod node;
+pub mod parallel;
 pub mod policy;
 pub mod progress;
 pub mod replica;

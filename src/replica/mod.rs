@@ -73,6 +73,7 @@ use crate::intake;
 use crate::local::{self, Mode};
 use crate::locks::{self, Locks};
 use crate::net::wire::{Frame, Heads};
+use crate::parallel::on_every_core;
 use crate::policy::{self, Role};
 use crate::scan::{self, LocalOp, Scope, move_in_index, name_of, ns_to_ms, parent_of};
 use crate::store::{Batch, Index, IndexEntry, Stat as Stat_, Store};
@@ -478,32 +479,6 @@ fn build_file_docs(actor: &ActorId, files: Vec<(DocId, &str)>, at_ms: i64) -> Ha
     })
     .into_iter()
     .collect()
-}
-
-/// `work` applied to each item on `threads` threads, keeping what it returns. Items vary
-/// in size (files, documents), so each thread takes the next item when done rather than a
-/// fixed share. The results come in no particular order.
-fn on_every_core<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    work: impl Fn(&T) -> Option<R> + Sync,
-) -> Vec<R> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    while let Some(item) = items.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-                    {
-                        out.extend(work(item));
-                    }
-                    out
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-    })
 }
 
 /// Milliseconds since the epoch: the wall clock, used only to weigh races.
